@@ -1,0 +1,92 @@
+"""The uniform model API shared by every vitfer model."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .registry import PretrainedCfg
+
+__all__ = ["VitferModel", "build_config"]
+
+
+def build_config(config_cls: type, variant: dict[str, Any], overrides: dict[str, Any], model_name: str):
+    """``config_cls(**variant, **overrides)`` with an error naming unknown override fields."""
+    valid = set(config_cls.__dataclass_fields__)
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise TypeError(
+            f"{model_name}: unknown override(s) {unknown}; valid fields are {sorted(valid)}"
+        )
+    return config_cls(**{**variant, **overrides})
+
+
+class VitferModel(nn.Module):
+    """Base class: ``forward = forward_head(forward_features(x))``.
+
+    Subclasses set ``num_classes``, ``num_features`` (width of ``forward_head(pre_logits=True)``),
+    ``in_chans`` and implement ``forward_features``, ``forward_head``, ``reset_classifier`` and
+    ``get_classifier``. ``pretrained_cfg`` is a dict (hub id, input size, mean/std, crop_pct,
+    interpolation) whose ``input_size`` follows the model's actual input size.
+    """
+
+    model_name: str = ""
+    num_classes: int
+    num_features: int
+    in_chans: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pretrained_cfg: dict[str, Any] = {}
+
+    def set_pretrained_cfg(self, cfg: Optional[PretrainedCfg], input_size: Optional[tuple[int, int]] = None) -> None:
+        d = cfg.to_dict() if cfg is not None else {}
+        if input_size is not None:
+            d["input_size"] = (self.in_chans, int(input_size[0]), int(input_size[1]))
+        self.pretrained_cfg = d
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        return self.pretrained_cfg
+
+    def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_classifier(self) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> logits (B, num_classes) (features (B, num_features) if num_classes=0)."""
+        return self.forward_head(self.forward_features(x))
+
+    def set_attn_impl(self, impl: str) -> None:
+        """Force every attention layer to ``"auto"``, ``"manual"`` or ``"sdpa"``."""
+        from vitfer.layers.attention import ATTENTION_IMPLS
+
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        for m in self.modules():
+            if m is not self and hasattr(m, "impl") and isinstance(getattr(m, "impl"), str):
+                m.impl = impl
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that optimisers should not decay (embeddings, tokens)."""
+        return set()
+
+    @torch.no_grad()
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def extra_repr(self) -> str:
+        return f"name={self.model_name!r}, num_classes={self.num_classes}" if self.model_name else ""
+
+    def copy(self) -> "VitferModel":
+        return copy.deepcopy(self)

@@ -1,0 +1,163 @@
+"""Model registry: names -> builders, pretrained configs, factories.
+
+Every family module registers its variants here when ``vitfer.models`` is imported::
+
+    from vitfer.models import create_model, list_models
+    model = create_model("convit_base", num_classes=7)
+
+An unknown name raises a ``KeyError`` that lists the closest registered names.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from torch import nn
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INCEPTION_MEAN",
+    "INCEPTION_STD",
+    "ModelSpec",
+    "PretrainedCfg",
+    "create_model",
+    "get_model_spec",
+    "get_pretrained_cfg",
+    "is_model",
+    "list_models",
+    "register_alias",
+    "register_model",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Where a model's default pretrained weights come from and how their inputs look.
+
+    ``hf_hub_id`` is the timm repository on the Hugging Face hub (``timm/<arch>.<tag>``).
+    ``input_size`` is (C, H, W); the eval transform resizes to ``floor(H / crop_pct)`` and
+    centre-crops to (H, W) with ``interpolation``, then normalises with ``mean``/``std``.
+    """
+
+    hf_hub_id: Optional[str]
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_classes: int = 1000
+    fixed_input_size: bool = True
+    first_conv: str = "patch_embed.proj"
+    classifier: Union[str, tuple[str, ...]] = "head"
+    license: Optional[str] = None
+    notes: str = ""
+
+    @property
+    def tag(self) -> Optional[str]:
+        if self.hf_hub_id and "." in self.hf_hub_id.split("/")[-1]:
+            return self.hf_hub_id.split("/")[-1].split(".", 1)[1]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model name."""
+
+    name: str
+    family: str
+    builder: Callable[..., nn.Module] = field(repr=False)
+    pretrained_cfg: PretrainedCfg
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(name: str, family: str, builder: Callable[..., nn.Module], pretrained_cfg: PretrainedCfg) -> None:
+    """Register ``builder(**overrides) -> nn.Module`` under ``name``."""
+    if name in _REGISTRY or name in _ALIASES:
+        raise ValueError(f"model name {name!r} is already registered")
+    _REGISTRY[name] = ModelSpec(name, family, builder, pretrained_cfg)
+
+
+def register_alias(alias: str, name: str) -> None:
+    """Make ``alias`` another name of the registered model ``name`` (e.g. a study's spelling)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"cannot alias {alias!r}: {name!r} is not registered")
+    if alias in _REGISTRY or alias in _ALIASES:
+        raise ValueError(f"model name {alias!r} is already registered")
+    _ALIASES[alias] = name
+
+
+def _resolve(name: str) -> str:
+    if name in _REGISTRY:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    # Accept timm-style "arch.tag" names: the tag is ignored by the architecture lookup.
+    base = name.split(".", 1)[0]
+    if base != name and (base in _REGISTRY or base in _ALIASES):
+        return _resolve(base)
+    known = sorted(_REGISTRY) + sorted(_ALIASES)
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"unknown model {name!r}{hint} (list_models() gives all {len(known)} names)")
+
+
+def is_model(name: str) -> bool:
+    try:
+        _resolve(name)
+    except KeyError:
+        return False
+    return True
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    return _REGISTRY[_resolve(name)]
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+    return get_model_spec(name).pretrained_cfg
+
+
+def list_models(pattern: Optional[str] = None, *, family: Optional[str] = None, include_aliases: bool = False) -> list[str]:
+    """Registered names, sorted, optionally filtered by a shell-style ``pattern`` and ``family``."""
+    names = [n for n, s in _REGISTRY.items() if family is None or s.family == family]
+    if include_aliases:
+        names += [a for a, n in _ALIASES.items() if family is None or _REGISTRY[n].family == family]
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return sorted(names)
+
+
+def create_model(name: str, *, pretrained: Union[bool, str] = False, **overrides: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a registered name (``list_models()``), an alias, or ``"arch.tag"``.
+        pretrained: ``False``; ``True`` for the default pretrained weights (``pretrained_cfg``);
+            a local checkpoint path; or ``"hf-hub:<repo>[@<revision>]"``.
+        **overrides: the family's config fields, e.g. ``num_classes=7``, ``img_size=160``,
+            ``drop_path_rate=0.1``. An unknown field is a ``TypeError`` that lists the valid ones.
+    """
+    spec = get_model_spec(name)
+    model = spec.builder(**overrides)
+    model.model_name = spec.name
+    if pretrained:
+        from vitfer import weights  # imported lazily: it pulls in huggingface_hub
+
+        if isinstance(pretrained, bool):
+            pretrained = True
+        weights.load_pretrained(model, spec.name, source=pretrained)
+    return model

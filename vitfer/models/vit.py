@@ -1,0 +1,222 @@
+"""Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021).
+
+Parameter names, initialisation and numerics follow timm's ``VisionTransformer`` so that timm
+checkpoints load unchanged. Variants are rows of ``VIT_VARIANTS``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
+from .base import VitferModel, build_config
+from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_model
+
+__all__ = [
+    "VIT_VARIANTS",
+    "ViTConfig",
+    "VisionTransformer",
+    "checkpoint_filter_fn",
+    "init_weights_vit",
+    "vit_base_patch16_224",
+    "vit_small_patch16_224",
+    "vit_tiny_patch16_224",
+]
+
+
+@dataclass
+class ViTConfig:
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    global_pool: str = "token"  # "token" | "avg"
+    drop_rate: float = 0.0  # dropout before the head
+    pos_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    attn_impl: str = "auto"
+
+
+def init_weights_vit(module: nn.Module) -> None:
+    """timm's default ViT init: truncated normal (std 0.02) Linear weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class VisionTransformer(VitferModel):
+    """ViT: patch embedding, class token, absolute position embedding, pre-norm blocks.
+
+    x: (B, C, H, W) -> ``forward_features`` (B, 1 + N, D) -> logits (B, num_classes).
+    """
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        if cfg.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.num_features = self.embed_dim = cfg.embed_dim
+        self.in_chans = cfg.in_chans
+        self.global_pool = cfg.global_pool
+        self.num_prefix_tokens = 1
+
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        n = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, cfg.embed_dim))
+        self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.Sequential(
+            *[
+                Block(
+                    cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                    proj_drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
+                    attn_impl=cfg.attn_impl,
+                )
+                for i in range(cfg.depth)
+            ]
+        )
+        self.norm = LayerNorm6(cfg.embed_dim)
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        self.apply(init_weights_vit)
+
+    # -- API ---------------------------------------------------------------------------------
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.patch_embed.img_size
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head by a freshly initialised Linear(D, num_classes) (Identity for 0)."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg"):
+                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device = self.cls_token.device
+        self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            init_weights_vit(self.head)
+
+    @torch.no_grad()
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Change the input size, resampling the position embeddings (bicubic, as timm)."""
+        img_size = to_2tuple(img_size)
+        old_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size)
+        new = resample_abs_pos_embed(self.pos_embed.data, self.patch_embed.grid_size, old_grid, 1)
+        self.pos_embed = nn.Parameter(new, requires_grad=self.pos_embed.requires_grad)
+        if self.pretrained_cfg:
+            self.pretrained_cfg["input_size"] = (self.in_chans, *img_size)
+
+    # -- forward -----------------------------------------------------------------------------
+    def _embed(self, x: Tensor) -> Tensor:
+        check_input(x, self.in_chans, self.img_size, self.model_name or "ViT")
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.pos_drop(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> normed tokens (B, 1 + N, D)."""
+        return self.norm(self.blocks(self._embed(x)))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """tokens (B, 1 + N, D) -> logits (B, num_classes), or pooled features (B, D)."""
+        x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def attention_maps(self, x: Tensor) -> list[Tensor]:
+        """Attention weights of every block, each (B, H, 1 + N, 1 + N) (hand-written path)."""
+        x = self._embed(x)
+        maps = []
+        for blk in self.blocks:
+            x, w = blk(x, return_attention=True)
+            maps.append(w)
+        return maps
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+    """Adapt a timm-layout ViT state dict to ``model``: resample ``pos_embed`` to its grid."""
+    out = dict(state_dict)
+    pe = out.get("pos_embed")
+    if pe is not None and pe.shape != model.pos_embed.shape:
+        n_old = pe.shape[1] - model.num_prefix_tokens
+        side = int(math.isqrt(n_old))
+        out["pos_embed"] = resample_abs_pos_embed(pe, model.patch_embed.grid_size, (side, side), model.num_prefix_tokens)
+    return out
+
+
+VIT_VARIANTS: dict[str, dict[str, Any]] = {
+    "vit_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+}
+
+_VIT_CFGS = {
+    "vit_tiny_patch16_224": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+    "vit_small_patch16_224": "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+    "vit_base_patch16_224": "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+}
+
+
+def _builder(name: str):
+    def build(**overrides: Any) -> VisionTransformer:
+        cfg = build_config(ViTConfig, VIT_VARIANTS[name], overrides, name)
+        model = VisionTransformer(cfg)
+        model.model_name = name
+        model.set_pretrained_cfg(_PRETRAINED[name], model.img_size)
+        return model
+
+    return build
+
+
+_PRETRAINED = {
+    name: PretrainedCfg(
+        hf_hub_id=hub, input_size=(3, 224, 224), crop_pct=0.9, interpolation="bicubic",
+        mean=INCEPTION_MEAN, std=INCEPTION_STD, license="apache-2.0",
+    )
+    for name, hub in _VIT_CFGS.items()
+}
+
+for _name in VIT_VARIANTS:
+    register_model(_name, "vit", _builder(_name), _PRETRAINED[_name])
+
+
+def vit_tiny_patch16_224(pretrained: bool | str = False, **overrides: Any) -> VisionTransformer:
+    """ViT-Ti/16 (D 192, 12 blocks, 3 heads), 5.7M parameters."""
+    return create_model("vit_tiny_patch16_224", pretrained=pretrained, **overrides)
+
+
+def vit_small_patch16_224(pretrained: bool | str = False, **overrides: Any) -> VisionTransformer:
+    """ViT-S/16 (D 384, 12 blocks, 6 heads), 22.1M parameters."""
+    return create_model("vit_small_patch16_224", pretrained=pretrained, **overrides)
+
+
+def vit_base_patch16_224(pretrained: bool | str = False, **overrides: Any) -> VisionTransformer:
+    """ViT-B/16 (D 768, 12 blocks, 12 heads), 86.6M parameters."""
+    return create_model("vit_base_patch16_224", pretrained=pretrained, **overrides)
