@@ -67,17 +67,18 @@ def _manual_attention(
     if attn_mask is not None:
         mask = _as_additive_mask(attn_mask, q.dtype).expand(*lead, nq, nk).reshape(n, nq, nk)
 
-    # Scale the smaller of q (n, nq, d) and the scores (n, nq, nk) — both give the same result
-    # up to rounding; scaling q is what timm's manual path does.
-    q = q * scale
+    # The scale is applied inside the GEMM (``alpha``), which saves a pass over q; the additive
+    # mask (if any) is the GEMM's accumulator (``beta=1``).
     chunk = n if return_weights else max(1, _CHUNK_BYTES // max(1, nq * nk * q.element_size()))
+    empty = q.new_empty(())
     outs, weights = [], []
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
+        kt = k[s:e].transpose(1, 2)
         if mask is None:
-            a = torch.bmm(q[s:e], k[s:e].transpose(1, 2))
+            a = torch.baddbmm(empty.expand(e - s, nq, nk), q[s:e], kt, beta=0.0, alpha=scale)
         else:
-            a = torch.baddbmm(mask[s:e], q[s:e], k[s:e].transpose(1, 2))
+            a = torch.baddbmm(mask[s:e], q[s:e], kt, alpha=scale)
         a = a.softmax(dim=-1)
         if return_weights:
             weights.append(a)
