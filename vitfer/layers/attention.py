@@ -70,21 +70,41 @@ def _manual_attention(
     # The scale is applied inside the GEMM (``alpha``), which saves a pass over q; the additive
     # mask (if any) is the GEMM's accumulator (``beta=1``).
     chunk = n if return_weights else max(1, _CHUNK_BYTES // max(1, nq * nk * q.element_size()))
-    empty = q.new_empty(())
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, mask))
+    if not needs_grad and not return_weights and dropout_p == 0.0:
+        # Inference: every chunk reuses one score buffer (it stays in cache), the softmax runs in
+        # place and the outputs are written straight into one (n, nq, dv) tensor.
+        out = q.new_empty(n, nq, dv)
+        buf = q.new_empty(min(chunk, n), nq, nk)
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            a = buf[: e - s]
+            kt = k[s:e].transpose(1, 2)
+            if mask is None:
+                torch.baddbmm(a, q[s:e], kt, beta=0.0, alpha=scale, out=a)
+            else:
+                torch.baddbmm(mask[s:e], q[s:e], kt, alpha=scale, out=a)
+            torch.softmax(a, dim=-1, out=a)
+            torch.bmm(a, v[s:e], out=out[s:e])
+        return out.reshape(*lead, nq, dv), None
+
+    # Autograd: split() rather than q[s:e] slicing, so that the backward is one cat per input
+    # instead of a zero-filled full-size gradient plus an accumulation per chunk.
+    qs, ks, vs = q.split(chunk), k.split(chunk), v.split(chunk)
+    ms = mask.split(chunk) if mask is not None else [None] * len(qs)
     outs, weights = [], []
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        kt = k[s:e].transpose(1, 2)
-        if mask is None:
-            a = torch.baddbmm(empty.expand(e - s, nq, nk), q[s:e], kt, beta=0.0, alpha=scale)
+    for qc, kc, vc, mc in zip(qs, ks, vs, ms):
+        kt = kc.transpose(1, 2)
+        if mc is None:
+            a = torch.baddbmm(qc.new_empty(()).expand(qc.shape[0], nq, nk), qc, kt, beta=0.0, alpha=scale)
         else:
-            a = torch.baddbmm(mask[s:e], q[s:e], kt, alpha=scale)
+            a = torch.baddbmm(mc, qc, kt, alpha=scale)
         a = a.softmax(dim=-1)
         if return_weights:
             weights.append(a)
         if dropout_p > 0.0:
             a = F.dropout(a, p=dropout_p, training=True)
-        outs.append(torch.bmm(a, v[s:e]))
+        outs.append(torch.bmm(a, vc))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
     out = out.reshape(*lead, nq, dv)
     w = None
