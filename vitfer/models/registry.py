@@ -159,5 +159,5 @@ def create_model(name: str, *, pretrained: Union[bool, str] = False, **overrides
 
         if isinstance(pretrained, bool):
             pretrained = True
-        weights.load_pretrained(model, spec.name, source=pretrained)
+        weights.load_pretrained(model, name, source=pretrained)
     return model

@@ -1,0 +1,290 @@
+"""The ``vitfer`` command line.
+
+    vitfer models [PATTERN] [--family F] [--json]
+    vitfer convert --model NAME [--from hub|PATH|hf-hub:REPO[@REV]] --out DIR [--manifest PATH]
+    vitfer manifest [--out weights/manifest.json]
+
+Each subcommand is added by one ``_add_<command>(subparsers)`` function that sets ``func`` on its
+parser; more subcommands (``finetune``, ``predict`` ...) plug in the same way. Only this module
+prints; the library logs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = ["build_parser", "main"]
+
+_logger = logging.getLogger("vitfer.cli")
+
+
+# -- models -----------------------------------------------------------------------------------
+def _models_rows(pattern: Optional[str], family: Optional[str]) -> list[dict[str, Any]]:
+    from vitfer.models.registry import _ALIASES, get_model_spec, list_models
+    from vitfer.weights.convert import build_meta, import_all_families
+
+    import_all_families()
+    rows = []
+    for name in list_models(pattern, family=family):
+        spec = get_model_spec(name)
+        model = build_meta(name)
+        n = sum(p.numel() for p in model.parameters())
+        cfg = spec.pretrained_cfg
+        rows.append(
+            {
+                "name": name,
+                "family": spec.family,
+                "params": n,
+                "input_size": list(cfg.input_size),
+                "pretrained": cfg.hf_hub_id,
+                "aliases": sorted(a for a, t in _ALIASES.items() if t == name),
+            }
+        )
+    return rows
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    rows = _models_rows(args.pattern, args.family)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no models match", file=sys.stderr)
+        return 1
+    w = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{w}}  {'family':<10}  {'params (M)':>10}  {'input':<11}  default pretrained source")
+    for r in rows:
+        inp = "x".join(str(s) for s in r["input_size"])
+        alias = f"  (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
+        print(f"{r['name']:<{w}}  {r['family']:<10}  {r['params'] / 1e6:>10.2f}  {inp:<11}  "
+              f"hf-hub:{r['pretrained'] or '-'}{alias}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registered models (parameters, default pretrained source)")
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style name filter, e.g. 'crossvit_*'")
+    p.add_argument("--family", default=None, help="only this family (vit, convit, crossvit, vit_hybrid, resnet, vgg)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_models)
+
+
+# -- convert ----------------------------------------------------------------------------------
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from vitfer.weights.checkpoint import _check_rebuildable, describe_state_dict
+    from vitfer.weights.convert import _spec
+    from vitfer.weights.hub import HF_PREFIX, fetch_state_dict
+    from vitfer.weights.io import atomic_save_safetensors, sha256_file
+    from vitfer.weights.manifest import update_manifest_entry
+
+    spec = _spec(args.model)
+    src = args.source
+    if src == "hub":
+        source: Any = True
+    elif src.startswith(HF_PREFIX):
+        source = src
+    else:
+        source = Path(src)
+    res = fetch_state_dict(spec.name, source)
+    if res.source.startswith(HF_PREFIX):
+        src_info = {k: res.info.get(k) for k in ("hub_repo", "revision", "commit", "filename", "sha256")}
+        src_info["layout"] = res.layout
+    else:
+        path = Path(res.source)
+        src_info = {"file": path.name, "sha256": sha256_file(path) if path.is_file() else None, "layout": res.layout}
+    info = {"source": res.source, "source_info": src_info, "base": res.base}
+    meta = describe_state_dict(spec.name, res.state_dict, info)
+    _check_rebuildable(meta, res.state_dict)
+    out_dir = Path(args.out)
+    out = out_dir / f"{spec.name}.safetensors"
+    atomic_save_safetensors(res.state_dict, out, {"vitfer": json.dumps(meta, sort_keys=True), "format": "pt"})
+    record = {
+        "file": out.name,
+        "sha256": sha256_file(out),
+        "bytes": out.stat().st_size,
+        "source": res.source,
+        "source_info": src_info,
+        "num_classes": meta["num_classes"],
+        "vitfer_version": meta["vitfer_version"],
+    }
+    manifest = Path(args.manifest) if args.manifest else out_dir / "manifest.json"
+    entry = update_manifest_entry(manifest, spec.name, record)
+    print(f"wrote {out} ({record['bytes'] / 1e6:.1f} MB, sha256 {record['sha256'][:16]}...)")
+    print(f"manifest {manifest}, entry {spec.name}:")
+    print(json.dumps(entry, indent=2, sort_keys=True))
+    return 0
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert pretrained weights into a self-describing vitfer checkpoint (DIR/NAME.safetensors)",
+        description="Fetch (hub) or read (PATH: .safetensors, .pth/.bin, .npz) a checkpoint of MODEL, convert it "
+        "to vitfer's layout, check it, and write DIR/MODEL.safetensors with vitfer metadata (vitfer.load reads it). "
+        "The manifest (DIR/manifest.json unless --manifest) records the source and output hashes.",
+    )
+    p.add_argument("--model", required=True, help="registered model name (see `vitfer models`)")
+    p.add_argument("--from", dest="source", default="hub",
+                   help="'hub' (the model's default hub checkpoint, the default), 'hf-hub:REPO[@REV]', or a local file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--manifest", default=None, help="manifest to update (default: OUT/manifest.json)")
+    p.set_defaults(func=_cmd_convert)
+
+
+# -- manifest ---------------------------------------------------------------------------------
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from vitfer.weights.manifest import build_manifest, read_manifest, write_manifest
+
+    path = Path(args.out)
+    manifest = build_manifest(read_manifest(path))
+    write_manifest(manifest, path)
+    print(f"wrote {path}: {len(manifest['models'])} models "
+          f"(families present {manifest['families_present']}, missing {manifest['families_missing']})")
+    return 0
+
+
+def _add_manifest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("manifest", help="(re)generate the weights manifest from the registry")
+    p.add_argument("--out", default="weights/manifest.json", help="manifest path (default: weights/manifest.json)")
+    p.set_defaults(func=_cmd_manifest)
+
+
+# -- finetune -----------------------------------------------------------------------------------
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from vitfer.train import FinetuneConfig
+
+    d = FinetuneConfig()
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on FER data (default: the built-in synthetic faces)",
+        description="Fine-tune a model; writes OUT/model.safetensors (best epoch) and OUT/metrics.json.",
+    )
+    p.add_argument("--model", default=d.model, help=f"registered model name (default {d.model})")
+    p.add_argument("--dataset", default=d.dataset, choices=("synthetic", "ckplus48", "jaffe", "folder"))
+    p.add_argument("--data-dir", default=None, help="dataset folder (default for ckplus48/jaffe: $VITFER_DATA_DIR)")
+    p.add_argument("--split", default=d.split, choices=("random", "subject", "kfold", "subject-kfold"))
+    p.add_argument("--fold", type=int, default=d.fold)
+    p.add_argument("--n-folds", type=int, default=d.n_folds)
+    p.add_argument("--val-size", type=float, default=d.val_size)
+    p.add_argument("--img-size", type=int, default=d.img_size, help="input size; 0 = the model's pretrained size")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="patch override for transformers; 0 = keep")
+    p.add_argument("--pretrained", default=None, help="'hub' (default weights), a checkpoint path or hf-hub:REPO")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--optimizer", default=d.optimizer, choices=("adamw", "sgd"))
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--synthetic-n", type=int, default=d.synthetic_n, help="number of synthetic faces")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--amp", default=d.amp, choices=("none", "bf16"))
+    p.add_argument("--out", default=d.out_dir, help=f"output folder (default {d.out_dir})")
+    p.set_defaults(func=_cmd_finetune)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from vitfer.train import FinetuneConfig, finetune
+
+    pretrained: Any = False
+    if args.pretrained:
+        pretrained = True if args.pretrained == "hub" else args.pretrained
+    cfg = FinetuneConfig(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, split=args.split, fold=args.fold,
+        n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size or None,
+        patch_size=args.patch_size or None, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        label_smoothing=args.label_smoothing, synthetic_n=args.synthetic_n, seed=args.seed, device=args.device,
+        amp=args.amp, out_dir=args.out,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("vitfer.train", "vitfer.data.synthetic"):
+        lg = logging.getLogger(name)
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+    res = finetune(cfg)
+    test = res["test"]
+    print(f"test accuracy {100 * test['accuracy']:.1f}% ({test['n']} images), per class:")
+    for cls, acc in test["per_class_accuracy"].items():
+        print(f"  {cls:<10} {100 * acc:5.1f}%")
+    print(f"checkpoint: {res['checkpoint']}  (vitfer predict {res['checkpoint']} IMAGE...)")
+    return 0
+
+
+# -- predict ------------------------------------------------------------------------------------
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images with a fine-tuned checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint written by vitfer finetune / vitfer.save")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--top", type=int, default=3, help="classes to show per image")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    import vitfer
+    from vitfer.data import build_transforms, image_to_tensor, load_image
+
+    model = vitfer.load(args.checkpoint)
+    names = list(getattr(model, "class_names", None) or range(model.num_classes))
+    tf = build_transforms(model.pretrained_cfg, train=False)
+    out = []
+    for path in args.images:
+        x = image_to_tensor(load_image(path)).float() / 255.0
+        if x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        with torch.no_grad():
+            probs = model(tf(x).unsqueeze(0)).softmax(-1)[0]
+        top = probs.topk(min(args.top, probs.numel()))
+        out.append({"image": path, "top": [(str(names[i]), p) for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for r in out:
+            print(r["image"] + ": " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in r["top"]))
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------------
+_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_models, _add_convert, _add_manifest, _add_finetune, _add_predict,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitfer", description="Vision Transformers for facial expression recognition")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in _ADDERS:
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``vitfer`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from vitfer.weights.errors import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, KeyError, TypeError, ValueError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"vitfer {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
