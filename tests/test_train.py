@@ -86,3 +86,17 @@ def test_bad_config_errors():
         finetune(FinetuneConfig(dataset="fer2013"))
     with pytest.raises(ValueError, match="optimizer"):
         finetune(FinetuneConfig(optimizer="lamb"))
+
+
+@pytest.mark.parametrize("dataset,split", [("ckplus48", "subject"), ("jaffe", "subject-kfold")])
+def test_finetune_runs_on_real_data(data_root, tmp_path, dataset, split):
+    """A few steps on the real folders (research-only data, read in place)."""
+    cfg = FinetuneConfig(
+        model="vit_tiny_patch16_224", dataset=dataset, data_dir=str(data_root), split=split, img_size=32,
+        patch_size=8, model_overrides={"depth": 2}, epochs=1, batch_size=16, max_steps=2,
+        out_dir=str(tmp_path / "run"),
+    )
+    res = finetune(cfg)
+    sizes = res["split_sizes"]
+    assert sum(sizes.values()) == {"ckplus48": 981, "jaffe": 213}[dataset]
+    assert res["test"]["n"] == sizes["test"] and len(res["classes"]) == 7
