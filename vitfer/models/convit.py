@@ -1,0 +1,321 @@
+"""ConViT (d'Ascoli et al., "ConViT: Improving Vision Transformers with Soft Convolutional
+Inductive Biases", ICML 2021).
+
+A ViT whose first ``local_up_to_layer`` blocks use gated positional self-attention
+(:class:`vitfer.layers.gpsa.GPSA`); the class token joins the patch tokens just before the first
+ordinary self-attention block. Parameter names, initialisation and numerics follow timm's
+``ConVit`` (and therefore the original facebookresearch/convit checkpoints), so their state dicts
+load unchanged. Variants are rows of ``CONVIT_VARIANTS``; the width is ``head_dim * num_heads``
+(48 per head)::
+
+    from vitfer.models import convit_base
+    model = convit_base(num_classes=7)
+    model.gating_values()            # (10, 16): how positional each GPSA head still is
+    model.attention_distances(x)     # (12, 16): mean attention distance per layer and head
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
+from ..layers.gpsa import GPSA, GPSABlock, attention_distance, grid_distances
+from .base import VitferModel, build_config
+from .registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg, create_model, register_model
+
+__all__ = [
+    "CONVIT_VARIANTS",
+    "ConViT",
+    "ConViTConfig",
+    "checkpoint_filter_fn",
+    "convit_base",
+    "convit_small",
+    "convit_tiny",
+]
+
+
+@dataclass
+class ConViTConfig:
+    """ConViT hyper-parameters (timm's ``ConVit`` arguments; ``head_dim`` is timm's ``embed_dim``,
+    the width per head)."""
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    global_pool: str = "token"  # "token" | "avg"
+    head_dim: int = 48  # width = head_dim * num_heads
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = False
+    drop_rate: float = 0.0  # dropout before the head
+    pos_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    local_up_to_layer: int = 10  # blocks [0, local_up_to_layer) use GPSA
+    locality_strength: float = 1.0
+    use_pos_embed: bool = True
+    attn_impl: str = "auto"
+
+
+def _init_weights(module: nn.Module) -> None:
+    """timm's ConViT init: truncated normal (std 0.02) Linear weights, zero biases, LN 1/0."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def _square_grid(grid: tuple[int, int], img_size: tuple[int, int], patch_size: tuple[int, int], name: str) -> None:
+    if grid[0] != grid[1]:
+        raise ValueError(
+            f"{name or 'ConViT'} needs a square patch grid (GPSA's relative positions assume N = S*S): "
+            f"img_size {img_size} with patch size {patch_size} gives {grid[0]}x{grid[1]} patches"
+        )
+
+
+class ConViT(VitferModel):
+    """ConViT: patch embedding + position embedding, GPSA blocks, class token, MHSA blocks.
+
+    x: (B, C, H, W) -> ``forward_features`` (B, 1 + N, D) -> logits (B, num_classes).
+    """
+
+    def __init__(self, cfg: ConViTConfig, name: str = "") -> None:
+        super().__init__()
+        if cfg.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        self.cfg = cfg
+        self.model_name = name
+        dim = cfg.head_dim * cfg.num_heads
+        self.num_classes = cfg.num_classes
+        self.num_features = self.embed_dim = dim
+        self.in_chans = cfg.in_chans
+        self.global_pool = cfg.global_pool
+        self.local_up_to_layer = cfg.local_up_to_layer
+        self.num_heads = cfg.num_heads
+        self.num_prefix_tokens = 1
+
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, dim)
+        grid = self.patch_embed.grid_size
+        _square_grid(grid, self.patch_embed.img_size, self.patch_embed.patch_size, name)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
+        if cfg.use_pos_embed:
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, dim))
+        else:
+            self.pos_embed = None
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        blocks: list[nn.Module] = []
+        for i in range(cfg.depth):
+            common = dict(
+                mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, proj_drop=cfg.proj_drop_rate,
+                attn_drop=cfg.attn_drop_rate, drop_path=dpr[i], norm_layer=LayerNorm6, attn_impl=cfg.attn_impl,
+            )
+            if i < cfg.local_up_to_layer:
+                blocks.append(GPSABlock(dim, cfg.num_heads, grid, locality_strength=cfg.locality_strength, **common))
+            else:
+                blocks.append(Block(dim, cfg.num_heads, **common))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = LayerNorm6(dim)
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm's init, then GPSA's convolutional ``local_init`` (for training from scratch)."""
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+        for m in self.modules():
+            if isinstance(m, GPSA):
+                m.local_init()
+
+    # -- API ---------------------------------------------------------------------------------
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.patch_embed.img_size
+
+    @property
+    def gpsa_layers(self) -> list[GPSA]:
+        """The GPSA modules of blocks [0, local_up_to_layer)."""
+        return [b.attn for b in self.blocks if isinstance(b, GPSABlock)]
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head by a freshly initialised Linear(D, num_classes) (Identity for 0)."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg"):
+                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device = self.cls_token.device
+        self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            _init_weights(self.head)
+
+    @torch.no_grad()
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Change the input size: resample ``pos_embed`` (bicubic) and rebuild GPSA's relative indices."""
+        img_size = to_2tuple(img_size)
+        p = self.patch_embed.patch_size
+        if img_size[0] % p[0] or img_size[1] % p[1]:
+            raise ValueError(f"image size {img_size} is not divisible by the patch size {p}")
+        new_grid = (img_size[0] // p[0], img_size[1] // p[1])
+        _square_grid(new_grid, img_size, p, self.model_name)
+        old_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size)
+        if self.pos_embed is not None:
+            new = resample_abs_pos_embed(self.pos_embed.data, new_grid, old_grid, num_prefix_tokens=0)
+            self.pos_embed = nn.Parameter(new, requires_grad=self.pos_embed.requires_grad)
+        for m in self.gpsa_layers:
+            m.set_grid_size(new_grid)
+        if self.pretrained_cfg:
+            self.pretrained_cfg["input_size"] = (self.in_chans, *img_size)
+
+    # -- forward -----------------------------------------------------------------------------
+    def _embed(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> patch tokens with position embedding (B, N, D)."""
+        check_input(x, self.in_chans, self.img_size, self.model_name or "ConViT")
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def _add_cls(self, x: Tensor) -> Tensor:
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> normed tokens (B, 1 + N, D) (class token first)."""
+        x = self._embed(x)
+        for u, blk in enumerate(self.blocks):
+            if u == self.local_up_to_layer:
+                x = self._add_cls(x)
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """tokens (B, 1 + N, D) -> logits (B, num_classes), or pooled features (B, D)."""
+        x = x[:, self.num_prefix_tokens :].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    # -- inspection --------------------------------------------------------------------------
+    def gating_values(self) -> Tensor:
+        """sigmoid(gating_param) of every GPSA layer: (local_up_to_layer, H).
+
+        1 means a head attends purely by position (convolution-like), 0 purely by content.
+        """
+        layers = self.gpsa_layers
+        if not layers:
+            return self.cls_token.new_zeros(0, self.num_heads)
+        return torch.stack([m.gating() for m in layers])
+
+    def attention_maps(self, x: Tensor) -> list[Tensor]:
+        """Attention weights of every block (hand-written path).
+
+        GPSA blocks give the mixed weights (B, H, N, N) over the patches; the later blocks
+        (B, H, 1 + N, 1 + N) with the class token first.
+        """
+        x = self._embed(x)
+        maps = []
+        for u, blk in enumerate(self.blocks):
+            if u == self.local_up_to_layer:
+                x = self._add_cls(x)
+            x, w = blk(x, return_attention=True)
+            maps.append(w)
+        return maps
+
+    def attention_distances(self, x: Tensor) -> Tensor:
+        """Per-head mean attention distance (in patches) of every block: (depth, H).
+
+        timm's ``get_attention_map``: ``sum_nm dist(n, m) * mean_b attn[b, h, n, m] / N``. For the
+        blocks after the class token joins, the patch-to-patch part of the attention is used
+        (the weights the patches give each other, without renormalisation).
+        """
+        dist = grid_distances(self.patch_embed.num_patches, torch.float32, self.cls_token.device)
+        out = []
+        for w in self.attention_maps(x):
+            if w.shape[-1] != dist.shape[-1]:
+                w = w[:, :, self.num_prefix_tokens :, self.num_prefix_tokens :]
+            out.append(attention_distance(w, dist))
+        return torch.stack(out)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: ConViT) -> dict[str, Tensor]:
+    """Adapt a timm / facebookresearch ConViT state dict to ``model``.
+
+    Unwraps ``{"model": ...}`` (the original repository's checkpoints), drops ``rel_indices``
+    (derived, never part of the weights) and resamples ``pos_embed`` (no class slot) to the
+    model's grid. timm itself has no filter for ConViT (its ``img_size=`` override cannot load
+    224 weights); the resampling is the same bicubic one as ViT's.
+    """
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        state_dict = state_dict["model"]
+    out = {k: v for k, v in state_dict.items() if not k.endswith("rel_indices")}
+    pe = out.get("pos_embed")
+    if pe is not None and model.pos_embed is not None and pe.shape != model.pos_embed.shape:
+        side = int(math.isqrt(pe.shape[1]))
+        if side * side != pe.shape[1]:
+            raise ValueError(f"pos_embed {tuple(pe.shape)} is not a square grid of patches")
+        out["pos_embed"] = resample_abs_pos_embed(pe, model.patch_embed.grid_size, (side, side), num_prefix_tokens=0)
+    return out
+
+
+CONVIT_VARIANTS: dict[str, dict[str, Any]] = {
+    "convit_tiny": dict(num_heads=4, local_up_to_layer=10, locality_strength=1.0),
+    "convit_small": dict(num_heads=9, local_up_to_layer=10, locality_strength=1.0),
+    "convit_base": dict(num_heads=16, local_up_to_layer=10, locality_strength=1.0),
+}
+
+_PRETRAINED = {
+    name: PretrainedCfg(
+        hf_hub_id=f"timm/{name}.fb_in1k", input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, license="apache-2.0",
+        notes="facebookresearch/convit ImageNet-1k weights, re-hosted by timm",
+    )
+    for name in CONVIT_VARIANTS
+}
+
+
+def _builder(name: str):
+    def build(**overrides: Any) -> ConViT:
+        cfg = build_config(ConViTConfig, CONVIT_VARIANTS[name], overrides, name)
+        model = ConViT(cfg, name)
+        model.set_pretrained_cfg(_PRETRAINED[name], model.img_size)
+        return model
+
+    return build
+
+
+for _name in CONVIT_VARIANTS:
+    register_model(_name, "convit", _builder(_name), _PRETRAINED[_name])
+
+
+def convit_tiny(pretrained: bool | str = False, **overrides: Any) -> ConViT:
+    """ConViT-Ti (D 192, 4 heads, 10 GPSA + 2 MHSA blocks), 5.7M parameters."""
+    return create_model("convit_tiny", pretrained=pretrained, **overrides)
+
+
+def convit_small(pretrained: bool | str = False, **overrides: Any) -> ConViT:
+    """ConViT-S (D 432, 9 heads, 10 GPSA + 2 MHSA blocks), 27.8M parameters."""
+    return create_model("convit_small", pretrained=pretrained, **overrides)
+
+
+def convit_base(pretrained: bool | str = False, **overrides: Any) -> ConViT:
+    """ConViT-B (D 768, 16 heads, 10 GPSA + 2 MHSA blocks), 86.5M parameters."""
+    return create_model("convit_base", pretrained=pretrained, **overrides)
