@@ -3,6 +3,21 @@
     from vitfer.models import create_model, list_models, convit_base
 """
 from .base import VitferModel
+from .convit import ConViT, convit_base, convit_small, convit_tiny
+from .crossvit import (
+    CrossViT,
+    crossvit_9_240,
+    crossvit_9_dagger_240,
+    crossvit_15_240,
+    crossvit_15_dagger_240,
+    crossvit_15_dagger_408,
+    crossvit_18_240,
+    crossvit_18_dagger_240,
+    crossvit_18_dagger_408,
+    crossvit_base_240,
+    crossvit_small_240,
+    crossvit_tiny_240,
+)
 from .registry import (
     ModelSpec,
     PretrainedCfg,
@@ -12,19 +27,50 @@ from .registry import (
     is_model,
     list_models,
 )
+from .resnet import ResNet, resnet18d, resnet34d, resnet50d, resnet101d
+from .vgg import VGG, vgg16, vgg19
 from .vit import VisionTransformer, vit_base_patch16_224, vit_small_patch16_224, vit_tiny_patch16_224
+from .vit_hybrid import HybridVisionTransformer, vit_base_r50_s16_224, vit_base_r50_s16_384, vit_base_resnet50_384
 
 __all__ = [
+    "ConViT",
+    "CrossViT",
+    "HybridVisionTransformer",
     "ModelSpec",
     "PretrainedCfg",
+    "ResNet",
+    "VGG",
     "VisionTransformer",
     "VitferModel",
+    "convit_base",
+    "convit_small",
+    "convit_tiny",
     "create_model",
+    "crossvit_9_240",
+    "crossvit_9_dagger_240",
+    "crossvit_15_240",
+    "crossvit_15_dagger_240",
+    "crossvit_15_dagger_408",
+    "crossvit_18_240",
+    "crossvit_18_dagger_240",
+    "crossvit_18_dagger_408",
+    "crossvit_base_240",
+    "crossvit_small_240",
+    "crossvit_tiny_240",
     "get_model_spec",
     "get_pretrained_cfg",
     "is_model",
     "list_models",
+    "resnet18d",
+    "resnet34d",
+    "resnet50d",
+    "resnet101d",
+    "vgg16",
+    "vgg19",
     "vit_base_patch16_224",
+    "vit_base_r50_s16_224",
+    "vit_base_r50_s16_384",
+    "vit_base_resnet50_384",
     "vit_small_patch16_224",
     "vit_tiny_patch16_224",
 ]

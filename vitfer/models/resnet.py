@@ -1,0 +1,304 @@
+"""ResNet-D (He et al., "Bag of Tricks for Image Classification with CNNs", CVPR 2019).
+
+The "D" tweaks of ResNet: a deep stem of three 3x3 convolutions (32, 32, 64 channels) instead of
+one 7x7, the stride on the bottleneck's 3x3 convolution, and a 2x2 average pool before the 1x1
+shortcut projection instead of a strided projection. Parameter names follow timm's ``ResNet``
+(``conv1.{0,1,3,4,6}``, ``bn1``, ``layer{1-4}.{j}.conv{1,2,3}`` / ``bn{1,2,3}``,
+``downsample.{1,2}``, ``fc``), so timm checkpoints load unchanged. Depths are rows of
+``RESNET_VARIANTS``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import DropPath, check_input
+from .base import VitferModel, build_config
+from .registry import PretrainedCfg, create_model, register_model
+
+__all__ = [
+    "RESNET_VARIANTS",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "ResNetConfig",
+    "resnet18d",
+    "resnet34d",
+    "resnet50d",
+    "resnet101d",
+]
+
+
+@dataclass
+class ResNetConfig:
+    block: str = "bottleneck"  # "basic" | "bottleneck"
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    stem_width: int = 32
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth, linear in the block index
+    zero_init_last: bool = True  # zero the last BN of each residual branch at init
+    channels_last: bool = True  # run in channels-last memory format (faster with oneDNN on CPU)
+
+
+class _ResidualBlock(nn.Module):
+    """``relu(drop_path(branch(x)) + shortcut(x))``; subclasses build the branch and name its last BN."""
+
+    last_bn: str
+
+    def _set_shortcut(self, downsample: Optional[nn.Module], drop_path: float) -> None:
+        # registered after the branch, as in timm (same state-dict order)
+        self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def branch(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(getattr(self, self.last_bn).weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu_(self.drop_path(self.branch(x)).add_(shortcut))
+
+
+class BasicBlock(_ResidualBlock):
+    """3x3 (stride) -> 3x3, BN+ReLU between, ReLU after the residual sum. Expansion 1.
+
+    x: (B, inplanes, H, W) -> (B, planes, ceil(H / stride), ceil(W / stride)).
+    """
+
+    expansion = 1
+    last_bn = "bn2"
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self._set_shortcut(downsample, drop_path)
+
+    def branch(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(F.relu_(self.bn1(self.conv1(x)))))
+
+
+class Bottleneck(_ResidualBlock):
+    """1x1 -> 3x3 (stride) -> 1x1 (x4 channels), BN+ReLU between, ReLU after the residual sum.
+
+    x: (B, inplanes, H, W) -> (B, 4 * planes, ceil(H / stride), ceil(W / stride)).
+    """
+
+    expansion = 4
+    last_bn = "bn3"
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self._set_shortcut(downsample, drop_path)
+
+    def branch(self, x: Tensor) -> Tensor:
+        x = F.relu_(self.bn1(self.conv1(x)))
+        x = F.relu_(self.bn2(self.conv2(x)))
+        return self.bn3(self.conv3(x))
+
+
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def downsample_avg(inplanes: int, outplanes: int, stride: int) -> nn.Sequential:
+    """ResNet-D shortcut: 2x2 average pool (ceil mode, padding excluded) when strided, 1x1 conv, BN."""
+    pool: nn.Module = (
+        nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+    )
+    return nn.Sequential(pool, nn.Conv2d(inplanes, outplanes, 1, bias=False), nn.BatchNorm2d(outplanes))
+
+
+class ResNet(VitferModel):
+    """ResNet-D: deep stem, four stages of residual blocks, global average pool, ``fc``.
+
+    x: (B, C, H, W), any size -> ``forward_features`` (B, num_features, ceil(H / 32), ceil(W / 32))
+    -> logits (B, num_classes).
+    """
+
+    def __init__(self, cfg: ResNetConfig) -> None:
+        super().__init__()
+        if cfg.block not in _BLOCKS:
+            raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {cfg.block!r}")
+        if len(cfg.layers) != 4:
+            raise ValueError(f"layers must give the number of blocks of 4 stages, got {cfg.layers}")
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.in_chans = cfg.in_chans
+        self.channels_last = cfg.channels_last
+        block = _BLOCKS[cfg.block]
+        sw = cfg.stem_width
+        inplanes = 2 * sw
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(cfg.in_chans, sw, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(sw),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(sw, sw, 3, padding=1, bias=False),
+            nn.BatchNorm2d(sw),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(sw, inplanes, 3, padding=1, bias=False),
+        )
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+
+        total, idx = sum(cfg.layers), 0
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), cfg.layers)):
+            stride = 1 if i == 0 else 2
+            outplanes = planes * block.expansion
+            blocks = []
+            for j in range(n):
+                down = downsample_avg(inplanes, outplanes, stride) if j == 0 and (
+                    stride != 1 or inplanes != outplanes
+                ) else None
+                dpr = cfg.drop_path_rate * idx / max(total - 1, 1)
+                blocks.append(block(inplanes, planes, stride if j == 0 else 1, down, dpr))
+                inplanes = outplanes
+                idx += 1
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.num_features = inplanes
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.fc = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights(cfg.zero_init_last)
+
+    def init_weights(self, zero_init_last: bool = True) -> None:
+        """timm's init: Kaiming-normal (fan-out) convolutions, optionally zero last BN per branch."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, _ResidualBlock):
+                    m.zero_init_last()
+
+    # -- API ---------------------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``fc`` by a fresh Linear(num_features, num_classes) (Identity for 0)."""
+        self.num_classes = num_classes
+        device = self.bn1.weight.device
+        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+    def feature_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """Spatial size of ``forward_features`` for an (H, W) input (five halvings, rounded up)."""
+        return math.ceil(img_size[0] / 32), math.ceil(img_size[1] / 32)
+
+    def _check_input(self, x: Tensor) -> None:
+        name = self.model_name or "ResNet"
+        check_input(x, self.in_chans, None, name)
+        h, w = x.shape[-2:]
+        if h < 1 or w < 1:
+            raise ValueError(f"{name} needs an input of at least 1x1, got {h}x{w}")
+        fh, fw = self.feature_size((h, w))
+        if self.training and x.shape[0] * fh * fw < 2:
+            raise ValueError(
+                f"{name} in training mode needs more than one value per channel for batch norm, but a "
+                f"batch of {x.shape[0]} at {h}x{w} gives a {fh}x{fw} last feature map; use a batch of 2 "
+                f"or more, or an input larger than 32x32"
+            )
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> feature map (B, num_features, ceil(H / 32), ceil(W / 32))."""
+        self._check_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(F.relu_(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """feature map (B, C, h, w) -> logits (B, num_classes), or pooled features (B, C)."""
+        x = self.head_drop(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+
+RESNET_VARIANTS: dict[str, dict[str, Any]] = {
+    "resnet18d": dict(block="basic", layers=(2, 2, 2, 2)),
+    "resnet34d": dict(block="basic", layers=(3, 4, 6, 3)),
+    "resnet50d": dict(block="bottleneck", layers=(3, 4, 6, 3)),
+    "resnet101d": dict(block="bottleneck", layers=(3, 4, 23, 3)),
+}
+
+
+def _cfg(
+    name: str, input_size: int = 224, crop_pct: float = 0.875, test: tuple[int, float] = (288, 0.95)
+) -> PretrainedCfg:
+    return PretrainedCfg(
+        hf_hub_id=f"timm/{name}.ra2_in1k", input_size=(3, input_size, input_size), crop_pct=crop_pct,
+        interpolation="bicubic", fixed_input_size=False, first_conv="conv1.0", classifier="fc",
+        license="apache-2.0", notes=f"timm evaluates it at {test[0]}x{test[0]}, crop_pct {test[1]}",
+    )
+
+
+_PRETRAINED = {
+    "resnet18d": _cfg("resnet18d"),
+    "resnet34d": _cfg("resnet34d"),
+    "resnet50d": _cfg("resnet50d"),
+    "resnet101d": _cfg("resnet101d", 256, 0.95, (320, 1.0)),
+}
+
+
+def _builder(name: str):
+    def build(**overrides: Any) -> ResNet:
+        cfg = build_config(ResNetConfig, RESNET_VARIANTS[name], overrides, name)
+        model = ResNet(cfg)
+        model.model_name = name
+        model.set_pretrained_cfg(_PRETRAINED[name])
+        return model
+
+    return build
+
+
+for _name in RESNET_VARIANTS:
+    register_model(_name, "resnet", _builder(_name), _PRETRAINED[_name])
+
+
+def resnet18d(pretrained: bool | str = False, **overrides: Any) -> ResNet:
+    """ResNet-18-D (basic blocks 2/2/2/2), 11.7M parameters."""
+    return create_model("resnet18d", pretrained=pretrained, **overrides)
+
+
+def resnet34d(pretrained: bool | str = False, **overrides: Any) -> ResNet:
+    """ResNet-34-D (basic blocks 3/4/6/3), 21.8M parameters."""
+    return create_model("resnet34d", pretrained=pretrained, **overrides)
+
+
+def resnet50d(pretrained: bool | str = False, **overrides: Any) -> ResNet:
+    """ResNet-50-D (bottlenecks 3/4/6/3), 25.6M parameters."""
+    return create_model("resnet50d", pretrained=pretrained, **overrides)
+
+
+def resnet101d(pretrained: bool | str = False, **overrides: Any) -> ResNet:
+    """ResNet-101-D (bottlenecks 3/4/23/3), 44.6M parameters."""
+    return create_model("resnet101d", pretrained=pretrained, **overrides)

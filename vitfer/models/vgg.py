@@ -1,0 +1,204 @@
+"""VGG (Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition",
+ICLR 2015), in timm's layout.
+
+``features`` keeps torchvision's Sequential indices (3x3 conv + ReLU, 2x2 max-pools); the two
+4096-wide fully connected layers are timm's ``ConvMlp`` (``pre_logits.fc1``, a 7x7 convolution,
+and ``pre_logits.fc2``, a 1x1 one) and the classifier is ``head.fc``. Parameter names and shapes
+follow timm's ``vgg16`` / ``vgg19``, so timm checkpoints load unchanged.
+``forward_head(x, pre_logits=True)`` gives the 4096-d features after ``fc2`` + ReLU (the study's
+SVM features).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import check_input
+from .base import VitferModel, build_config
+from .registry import PretrainedCfg, create_model, register_model
+
+__all__ = ["VGG_VARIANTS", "ConvMlp", "VGG", "VGGConfig", "vgg16", "vgg19"]
+
+MIN_INPUT_SIZE = 32  # five 2x2 max-pools: anything smaller leaves an empty feature map
+
+
+@dataclass
+class VGGConfig:
+    layers: tuple[Union[int, str], ...] = ()  # conv widths, "M" for a max-pool
+    num_classes: int = 1000
+    in_chans: int = 3
+    mlp_ratio: float = 1.0  # width of fc1 relative to 4096
+    drop_rate: float = 0.0  # dropout after fc1 and before the classifier
+    channels_last: bool = True  # run the convolutions in channels-last memory format (faster with oneDNN)
+
+
+class ConvMlp(nn.Module):
+    """timm's VGG ``pre_logits``: ``relu(fc2(drop(relu(fc1(x)))))`` with convolutional fc layers.
+
+    x: (B, 512, h, w) -> (B, 4096, max(h, 7) - 6, max(w, 7) - 6). Maps smaller than 7x7 are first
+    average-pooled up to 7x7 (as timm); larger maps run the MLP at every 7x7 window (the head then
+    averages, as timm, unlike torchvision which pools to 7x7 first).
+
+    On exactly 7x7 maps (224x224 inputs) fc1 and fc2 are computed as the matrix products they
+    are (``F.linear`` on the flattened map and the reshaped kernels): the same sums, without
+    oneDNN re-laying-out fc1's 411 MB kernel on every call.
+    """
+
+    def __init__(
+        self, in_features: int = 512, out_features: int = 4096, kernel_size: int = 7, mlp_ratio: float = 1.0,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.input_kernel_size = kernel_size
+        mid = int(out_features * mlp_ratio)
+        self.fc1 = nn.Conv2d(in_features, mid, kernel_size)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc2 = nn.Conv2d(mid, out_features, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.input_kernel_size
+        h, w = x.shape[-2:]
+        if h < k or w < k:
+            x = F.adaptive_avg_pool2d(x, (max(k, h), max(k, w)))
+        if x.shape[-2] == k and x.shape[-1] == k:
+            b = x.shape[0]
+            x = F.relu_(F.linear(x.reshape(b, -1), self.fc1.weight.reshape(self.fc1.out_channels, -1), self.fc1.bias))
+            x = self.drop(x)
+            x = F.relu_(F.linear(x, self.fc2.weight.reshape(self.fc2.out_channels, -1), self.fc2.bias))
+            return x.reshape(b, -1, 1, 1)
+        x = self.drop(F.relu_(self.fc1(x)))
+        return F.relu_(self.fc2(x))
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool -> dropout -> ``fc``. x: (B, C, h, w) -> (B, num_classes) or (B, C)."""
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.drop = nn.Dropout(drop_rate)
+        self.fc: nn.Module = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.drop(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+
+class VGG(VitferModel):
+    """VGG: ``features`` -> ``pre_logits`` (ConvMlp) -> ``head``.
+
+    x: (B, C, H, W), H and W >= 32 -> ``forward_features`` (B, 512, H // 32, W // 32)
+    -> logits (B, num_classes); ``forward_head(pre_logits=True)`` gives (B, 4096).
+    """
+
+    def __init__(self, cfg: VGGConfig) -> None:
+        super().__init__()
+        if not cfg.layers:
+            raise ValueError("VGGConfig.layers is empty: give conv widths and 'M' for max-pools")
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.in_chans = cfg.in_chans
+        self.channels_last = cfg.channels_last
+        layers: list[nn.Module] = []
+        prev = cfg.in_chans
+        for v in cfg.layers:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(prev, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                prev = int(v)
+        self.features = nn.Sequential(*layers)
+        self.feature_channels = prev
+        self.num_features = 4096
+        self.pre_logits = ConvMlp(prev, self.num_features, 7, mlp_ratio=cfg.mlp_ratio, drop_rate=cfg.drop_rate)
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm's init: Kaiming-normal (fan-out) convolutions, N(0, 0.01) Linear, zero biases."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    # -- API ---------------------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``head.fc`` by a fresh Linear(4096, num_classes) (Identity for 0)."""
+        self.num_classes = num_classes
+        device = self.pre_logits.fc2.weight.device
+        fc: nn.Module = nn.Identity()
+        if num_classes > 0:
+            fc = nn.Linear(self.num_features, num_classes, device=device)
+            nn.init.normal_(fc.weight, 0, 0.01)
+            nn.init.zeros_(fc.bias)
+        self.head.fc = fc
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> feature map (B, 512, H // 32, W // 32)."""
+        name = self.model_name or "VGG"
+        check_input(x, self.in_chans, None, name)
+        if x.shape[-2] < MIN_INPUT_SIZE or x.shape[-1] < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"{name} needs an input of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (five 2x2 max-pools), "
+                f"got {x.shape[-2]}x{x.shape[-1]}"
+            )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """feature map (B, 512, h, w) -> logits (B, num_classes), or the 4096-d features (B, 4096)."""
+        return self.head(self.pre_logits(x), pre_logits=pre_logits)
+
+
+_M = "M"
+VGG_VARIANTS: dict[str, dict[str, Any]] = {
+    "vgg16": dict(layers=(64, 64, _M, 128, 128, _M, 256, 256, 256, _M, 512, 512, 512, _M, 512, 512, 512, _M)),
+    "vgg19": dict(
+        layers=(64, 64, _M, 128, 128, _M, 256, 256, 256, 256, _M, 512, 512, 512, 512, _M, 512, 512, 512, 512, _M)
+    ),
+}
+
+_PRETRAINED = {
+    name: PretrainedCfg(
+        hf_hub_id=f"timm/{name}.tv_in1k", input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear",
+        fixed_input_size=False, first_conv="features.0", classifier="head.fc", license="bsd-3-clause",
+    )
+    for name in VGG_VARIANTS
+}
+
+
+def _builder(name: str):
+    def build(**overrides: Any) -> VGG:
+        cfg = build_config(VGGConfig, VGG_VARIANTS[name], overrides, name)
+        model = VGG(cfg)
+        model.model_name = name
+        model.set_pretrained_cfg(_PRETRAINED[name])
+        return model
+
+    return build
+
+
+for _name in VGG_VARIANTS:
+    register_model(_name, "vgg", _builder(_name), _PRETRAINED[_name])
+
+
+def vgg16(pretrained: bool | str = False, **overrides: Any) -> VGG:
+    """VGG-16 (13 convolutions + ConvMlp), 138.4M parameters."""
+    return create_model("vgg16", pretrained=pretrained, **overrides)
+
+
+def vgg19(pretrained: bool | str = False, **overrides: Any) -> VGG:
+    """VGG-19 (16 convolutions + ConvMlp), 143.7M parameters."""
+    return create_model("vgg19", pretrained=pretrained, **overrides)

@@ -1,0 +1,293 @@
+"""ViT-R50 hybrid (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021, section 3.1).
+
+A ResNetV2 backbone (non-pre-activation bottlenecks, group norm, weight-standardised convolutions
+with TF SAME padding, three stages of 3/4/9 blocks, stride 16) turns the image into a 1024-channel
+feature map; a 1x1 convolution projects each cell to a token of a ViT-B. Parameter names follow
+timm's ``vit_base_r50_s16_*`` (``patch_embed.backbone.*``, ``patch_embed.proj.*``, then the ViT's
+``cls_token``, ``pos_embed``, ``blocks.*``, ``norm.*``, ``head.*``), so timm checkpoints load
+unchanged.
+
+The transformer is vitfer's :class:`~vitfer.models.vit.VisionTransformer`; only the patch
+embedding differs.
+
+Speed on the CPU: the backbone runs in channels-last memory format (``channels_last=True``, the
+default), where oneDNN's convolutions and pooling skip per-call layout conversions, and the
+weight-standardised kernels are cached while no gradient flows into them (see
+:class:`~vitfer.layers.std_conv.StdConv2dSame`). Channels-last sums in another order than timm's
+NCHW run; with random weights the tokens then differ from timm's by about 1e-4 relative (timm
+against itself, NCHW against channels-last input, differs by as much) and the logits by about
+1e-5. ``channels_last=False`` reproduces timm's backbone arithmetic exactly.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import PatchEmbed
+from ..layers.padding import MaxPool2dSame
+from ..layers.std_conv import StdConv2dSame
+from .base import build_config
+from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_alias, register_model
+from .vit import ViTConfig, VisionTransformer, checkpoint_filter_fn
+
+__all__ = [
+    "HYBRID_VARIANTS",
+    "GroupNormAct",
+    "HybridEmbed",
+    "HybridViTConfig",
+    "HybridVisionTransformer",
+    "ResNetV2Backbone",
+    "ResNetV2Bottleneck",
+    "checkpoint_filter_fn",
+    "vit_base_r50_s16_224",
+    "vit_base_r50_s16_384",
+    "vit_base_resnet50_384",
+]
+
+_STD_CONV_EPS = 1e-8  # timm's _resnetv2: partial(StdConv2dSame, eps=1e-8)
+
+
+@dataclass
+class HybridViTConfig(ViTConfig):
+    """ViT settings plus the backbone's. ``patch_size`` is the projection's kernel on the
+    backbone's stride-16 feature map (1 for the R50 hybrids)."""
+
+    patch_size: int = 1
+    backbone_layers: tuple[int, ...] = (3, 4, 9)
+    channels_last: bool = True  # run the backbone in channels-last memory format (see the module docstring)
+
+
+class GroupNormAct(nn.GroupNorm):
+    """GroupNorm (32 groups, eps 1e-5) followed by ReLU unless ``apply_act=False``.
+
+    x: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5, apply_act: bool = True) -> None:
+        super().__init__(num_groups, num_channels, eps=eps)
+        self.apply_act = apply_act
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return F.relu_(x) if self.apply_act else x
+
+
+class DownsampleConv(nn.Module):
+    """Shortcut projection: strided 1x1 StdConv then GroupNorm (no activation)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        self.conv = StdConv2dSame(in_chs, out_chs, 1, stride=stride, eps=_STD_CONV_EPS)
+        self.norm = GroupNormAct(out_chs, apply_act=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(x))
+
+
+class ResNetV2Bottleneck(nn.Module):
+    """Non-pre-activation bottleneck: 1x1 -> 3x3 (stride) -> 1x1, GN+ReLU between, ReLU after the sum.
+
+    x: (B, in_chs, H, W) -> (B, out_chs, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, downsample: bool = False) -> None:
+        super().__init__()
+        mid = out_chs // 4
+        self.downsample = DownsampleConv(in_chs, out_chs, stride) if downsample else None
+        self.conv1 = StdConv2dSame(in_chs, mid, 1, eps=_STD_CONV_EPS)
+        self.norm1 = GroupNormAct(mid)
+        self.conv2 = StdConv2dSame(mid, mid, 3, stride=stride, eps=_STD_CONV_EPS)
+        self.norm2 = GroupNormAct(mid)
+        self.conv3 = StdConv2dSame(mid, out_chs, 1, eps=_STD_CONV_EPS)
+        self.norm3 = GroupNormAct(out_chs, apply_act=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.norm2(self.conv2(self.norm1(self.conv1(x))))
+        x = self.norm3(self.conv3(x))
+        return F.relu_(x.add_(shortcut))
+
+
+class ResNetV2Stage(nn.Module):
+    """``depth`` bottlenecks; the first carries the stride and the shortcut projection."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, depth: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(
+            *[
+                ResNetV2Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, downsample=i == 0)
+                for i in range(depth)
+            ]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(x)
+
+
+class ResNetV2Backbone(nn.Module):
+    """timm's ``ResNetV2(preact=False, stem_type='same', conv_layer=StdConv2dSame(eps=1e-8))``
+    without its head: a 7x7/2 stem conv, GN+ReLU, a SAME 3x3/2 max-pool, then one stage per entry
+    of ``layers`` with widths 256, 512, 1024, 2048 (stride 1 for the first, 2 after).
+
+    x: (B, in_chans, H, W) -> (B, num_features, ceil(H / r), ceil(W / r)), r = ``reduction``
+    (16 for three stages).
+    """
+
+    def __init__(
+        self, layers: tuple[int, ...] = (3, 4, 9), in_chans: int = 3, stem_chs: int = 64, channels_last: bool = True
+    ) -> None:
+        super().__init__()
+        channels = (256, 512, 1024, 2048)
+        if not 1 <= len(layers) <= len(channels):
+            raise ValueError(f"ResNetV2 backbone takes 1 to {len(channels)} stages, got layers={layers}")
+        self.channels_last = channels_last
+        self.stem = nn.Sequential(
+            OrderedDict(
+                conv=StdConv2dSame(in_chans, stem_chs, 7, stride=2, eps=_STD_CONV_EPS),
+                norm=GroupNormAct(stem_chs),
+                pool=MaxPool2dSame(3, 2),
+            )
+        )
+        self.stages = nn.Sequential()
+        prev = stem_chs
+        for i, (depth, chs) in enumerate(zip(layers, channels)):
+            self.stages.add_module(str(i), ResNetV2Stage(prev, chs, 1 if i == 0 else 2, depth))
+            prev = chs
+        self.num_features = prev
+        self.reduction = 4 * 2 ** (len(layers) - 1)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm's init as the hybrid applies it: Kaiming-normal convs, GN (1, 0), last GN of each
+        residual branch zero."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, ResNetV2Bottleneck):
+                nn.init.zeros_(m.norm3.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.stages(self.stem(x))
+
+
+class HybridEmbed(PatchEmbed):
+    """CNN feature map -> tokens: ``backbone``, then a ``patch_size`` convolution to ``embed_dim``
+    (``proj``, a :class:`PatchEmbed` over the feature map).
+
+    x: (B, C, H, W) -> (B, N, D), N = number of ``patch_size`` cells of the backbone's
+    (ceil(H / r), ceil(W / r)) feature map, r = the backbone's reduction. ``img_size`` is the
+    image size; the exact input size is checked by the model.
+    """
+
+    def __init__(
+        self, backbone: ResNetV2Backbone, img_size: int | tuple[int, int], patch_size: int, embed_dim: int
+    ) -> None:
+        self.feature_ratio = backbone.reduction  # a plain int, needed by the size check in __init__
+        super().__init__(img_size, patch_size, backbone.num_features, embed_dim)
+        self.backbone = backbone
+
+    def feature_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the backbone's output for an (H, W) image: each SAME stride-2 step gives ceil(n / 2)."""
+        return math.ceil(img_size[0] / self.feature_ratio), math.ceil(img_size[1] / self.feature_ratio)
+
+    def _check_divisible(self, img_size: tuple[int, int]) -> None:
+        feat = self.feature_size(img_size)
+        if feat[0] % self.patch_size[0] or feat[1] % self.patch_size[1]:
+            raise ValueError(
+                f"image size {img_size} gives a {feat} backbone feature map, not divisible by the "
+                f"patch size {self.patch_size}"
+            )
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        feat = self.feature_size(self.img_size)
+        return feat[0] // self.patch_size[0], feat[1] // self.patch_size[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.backbone(x)).flatten(2).transpose(1, 2)
+
+
+class HybridVisionTransformer(VisionTransformer):
+    """ViT whose patch embedding is a ResNetV2 backbone plus a 1x1 projection.
+
+    x: (B, C, H, W) with (H, W) = ``img_size`` exactly -> ``forward_features`` (B, 1 + N, D)
+    -> logits (B, num_classes). All of :class:`VisionTransformer`'s API applies
+    (``set_input_size`` resamples the position embeddings to the new feature grid).
+    """
+
+    def __init__(self, cfg: HybridViTConfig) -> None:
+        backbone = ResNetV2Backbone(cfg.backbone_layers, cfg.in_chans, channels_last=cfg.channels_last)
+        embed = HybridEmbed(backbone, cfg.img_size, cfg.patch_size, cfg.embed_dim)
+        # VisionTransformer sizes cls/pos embeddings from its own patch embedding: build it on a
+        # stand-in "image" the size of the token grid with 1x1 patches (a 3 -> D 1x1 conv), then
+        # put the hybrid embedding in its place.
+        super().__init__(replace(cfg, img_size=embed.grid_size, patch_size=1))
+        self.patch_embed = embed
+        self.cfg = cfg
+
+
+HYBRID_VARIANTS: dict[str, dict[str, Any]] = {
+    # timm builds the 224 model without a head: its only checkpoint (in21k) has none.
+    "vit_base_r50_s16_224": dict(img_size=224, embed_dim=768, depth=12, num_heads=12, num_classes=0),
+    "vit_base_r50_s16_384": dict(img_size=384, embed_dim=768, depth=12, num_heads=12),
+}
+
+def _cfg(hf_hub_id: str, **kwargs: Any) -> PretrainedCfg:
+    return PretrainedCfg(
+        hf_hub_id=hf_hub_id, interpolation="bicubic", mean=INCEPTION_MEAN, std=INCEPTION_STD,
+        fixed_input_size=True, first_conv="patch_embed.backbone.stem.conv", classifier="head",
+        license="apache-2.0", **kwargs,
+    )
+
+
+_PRETRAINED = {
+    "vit_base_r50_s16_224": _cfg(
+        "timm/vit_base_r50_s16_224.orig_in21k", input_size=(3, 224, 224), crop_pct=0.9, num_classes=0
+    ),
+    "vit_base_r50_s16_384": _cfg(
+        "timm/vit_base_r50_s16_384.orig_in21k_ft_in1k", input_size=(3, 384, 384), crop_pct=1.0
+    ),
+}
+
+
+def _builder(name: str):
+    def build(**overrides: Any) -> HybridVisionTransformer:
+        cfg = build_config(HybridViTConfig, HYBRID_VARIANTS[name], overrides, name)
+        model = HybridVisionTransformer(cfg)
+        model.model_name = name
+        model.set_pretrained_cfg(_PRETRAINED[name], model.img_size)
+        return model
+
+    return build
+
+
+for _name in HYBRID_VARIANTS:
+    register_model(_name, "vit_hybrid", _builder(_name), _PRETRAINED[_name])
+register_alias("vit_base_resnet50_384", "vit_base_r50_s16_384")
+
+
+def vit_base_r50_s16_224(pretrained: bool | str = False, **overrides: Any) -> HybridVisionTransformer:
+    """R50+ViT-B/16 at 224 (ResNetV2 3/4/9 stages + ViT-B), 98M parameters; no head by default."""
+    return create_model("vit_base_r50_s16_224", pretrained=pretrained, **overrides)
+
+
+def vit_base_r50_s16_384(pretrained: bool | str = False, **overrides: Any) -> HybridVisionTransformer:
+    """R50+ViT-B/16 at 384 (ResNetV2 3/4/9 stages + ViT-B), 99M parameters, ImageNet-1k head."""
+    return create_model("vit_base_r50_s16_384", pretrained=pretrained, **overrides)
+
+
+def vit_base_resnet50_384(pretrained: bool | str = False, **overrides: Any) -> HybridVisionTransformer:
+    """The study's name (timm's deprecated alias) of :func:`vit_base_r50_s16_384`."""
+    return create_model("vit_base_resnet50_384", pretrained=pretrained, **overrides)
