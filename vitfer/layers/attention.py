@@ -20,13 +20,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["scaled_dot_product_attention", "Attention", "ATTENTION_IMPLS", "resolve_impl"]
+__all__ = ["scaled_dot_product_attention", "Attention", "ATTENTION_IMPLS", "check_attention_args", "resolve_impl"]
 
 ATTENTION_IMPLS = ("auto", "manual", "sdpa")
 
 # Bytes of attention scores computed per chunk in the hand-written path: about 1.5 MiB keeps a
 # chunk's (n, Nq, Nk) fp32 scores inside a 2 MiB L2 cache (12 (batch, head) pairs at N=197).
 _CHUNK_BYTES = 3 << 19
+
+
+def check_attention_args(dim: int, num_heads: int, impl: str) -> None:
+    """Validate the arguments every attention layer takes: ``dim`` splits into ``num_heads``
+    heads and ``impl`` is one of :data:`ATTENTION_IMPLS`."""
+    if dim % num_heads != 0:
+        raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
 
 
 def resolve_impl(impl: str, x: Tensor) -> str:
@@ -171,10 +180,7 @@ class Attention(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        check_attention_args(dim, num_heads, impl)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5

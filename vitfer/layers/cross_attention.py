@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .attention import ATTENTION_IMPLS, scaled_dot_product_attention
+from .attention import check_attention_args, scaled_dot_product_attention
 from .block import LayerNorm6
 from .drop_path import DropPath
 
@@ -60,10 +60,7 @@ class CrossAttention(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        check_attention_args(dim, num_heads, impl)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5

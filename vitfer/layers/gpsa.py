@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import _CHUNK_BYTES, ATTENTION_IMPLS, resolve_impl
+from .attention import _CHUNK_BYTES, check_attention_args, resolve_impl
 from .drop_path import DropPath
 from .mlp import Mlp
 
@@ -219,10 +219,7 @@ class GPSA(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        check_attention_args(dim, num_heads, impl)
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
