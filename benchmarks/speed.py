@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-batch", type=int, default=8)
     p.add_argument("--train-batch", type=int, default=10)
     p.add_argument("--num-classes", type=int, default=7)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds per timed segment")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds per timed segment")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     if args.threads:

@@ -56,7 +56,8 @@ def test_chunking_covers_every_pair(monkeypatch):
     """Chunks that do not divide the (batch, head) count still give the unchunked result."""
     q, k, v = _qkv(3, 5, 9, 4)
     full = scaled_dot_product_attention(q, k, v, impl="manual")
-    monkeypatch.setattr(attn_mod, "_CHUNK_BYTES", 9 * 9 * 4 * 4)  # 4 pairs per chunk, 15 pairs
+    for name in ("_CHUNK_BYTES", "_INFER_CHUNK_BYTES"):  # 4 pairs per chunk, 15 pairs
+        monkeypatch.setattr(attn_mod, name, 9 * 9 * 4 * 4)
     chunked = scaled_dot_product_attention(q, k, v, impl="manual")
     assert torch.equal(full, chunked) or (full - chunked).abs().max() < 1e-6
     # gradients flow through the chunked path
@@ -119,3 +120,78 @@ def test_attention_module_returns_weights():
     out_m = m(x, attn_mask=mask)
     m.impl = "sdpa"
     assert_close(out_m, m(x, attn_mask=mask), 1e-5, "masked module manual vs sdpa")
+
+
+def _qkv_from_fused(B, H, N, d, seed=0):
+    """q, k, v as strided views of one fused projection, as Attention produces them."""
+    qkv = torch.randn(B, N, 3, H, d, generator=torch.Generator().manual_seed(seed))
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+# (B, H, N, chunk pairs): heads of one image per chunk (one chunk / heads split unevenly / split
+# in two), and several images per chunk (dividing B or not).
+LAYOUTS = [(3, 4, 20, 4), (2, 5, 20, 3), (2, 12, 20, 9), (5, 3, 20, 6), (7, 2, 20, 6), (4, 3, 20, 100)]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("B,H,N,pairs", LAYOUTS)
+def test_inference_chunk_layouts(monkeypatch, B, H, N, pairs, fused):
+    monkeypatch.setattr(attn_mod, "_INFER_CHUNK_BYTES", pairs * N * N * 4)
+    q, k, v = _qkv_from_fused(B, H, N, 8) if fused else _qkv(B, H, N, 8)
+    mask = torch.randn(B, 1, N, N, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for m in (None, mask):
+            out = scaled_dot_product_attention(q, k, v, attn_mask=m, impl="manual")
+            assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=m), 1e-5, f"pairs={pairs}")
+            # (B, Nq, H, dv) memory order: the caller's transpose(1, 2) is contiguous (reshape = view)
+            assert out.transpose(1, 2).is_contiguous()
+
+
+@pytest.mark.parametrize("B,H,N,pairs", [(2, 5, 20, 3), (2, 4, 20, 4), (3, 2, 20, 6)])
+def test_training_chunk_layouts_gradients(monkeypatch, B, H, N, pairs):
+    """Gradients of q, k, v and of a float mask through the per-image and grouped autograd paths."""
+    monkeypatch.setattr(attn_mod, "_CHUNK_BYTES", pairs * N * N * 4)
+    q0, k0, v0 = _qkv_from_fused(B, H, N, 8, seed=2)
+    m0 = torch.randn(B, H, N, N, generator=torch.Generator().manual_seed(6))
+    cot = torch.randn(B, H, N, 8, generator=torch.Generator().manual_seed(7))
+    grads = []
+    for fn in (lambda *a, **kw: scaled_dot_product_attention(*a, **kw, impl="manual"), F.scaled_dot_product_attention):
+        ts = [t.clone().requires_grad_() for t in (q0, k0, v0, m0)]
+        out = fn(*ts[:3], attn_mask=ts[3])
+        out.backward(cot)
+        grads.append([out.detach()] + [t.grad for t in ts])
+    for name, a, b in zip(("out", "q", "k", "v", "mask"), *grads):
+        assert_close(a, b, 1e-5, f"{name} (pairs={pairs})")
+
+
+def test_scratch_is_reused_but_never_returned(monkeypatch):
+    monkeypatch.setattr(attn_mod, "_INFER_CHUNK_BYTES", 6 * 20 * 20 * 4)
+    attn_mod.clear_scratch()
+    q, k, v = _qkv_from_fused(4, 3, 20, 8)
+    with torch.no_grad():
+        first = scaled_dot_product_attention(q, k, v, impl="manual")
+        keep = first.clone()
+        ws = attn_mod._scratch.buffers[torch.float32]
+        q2, k2, v2 = _qkv_from_fused(4, 3, 20, 8, seed=1)
+        second = scaled_dot_product_attention(q2, k2, v2, impl="manual")
+        assert attn_mod._scratch.buffers[torch.float32] is ws, "same workspace for the same shapes"
+    assert torch.equal(first, keep), "a later call must not overwrite an earlier result"
+    assert_close(second, F.scaled_dot_product_attention(q2, k2, v2), 1e-5, "second call")
+    for t in (first, second):
+        assert not (ws.data_ptr() <= t.data_ptr() < ws.data_ptr() + ws.numel() * 4)
+    # workspaces above the cap are allocated per call, not kept
+    monkeypatch.setattr(attn_mod, "_SCRATCH_MAX_BYTES", 1024)
+    attn_mod.clear_scratch()
+    with torch.no_grad():
+        out = scaled_dot_product_attention(q, k, v, impl="manual")
+    assert torch.equal(out, keep) and not attn_mod._scratch.buffers
+
+
+def test_flat_pairs_only_when_strides_allow():
+    q, k, v = _qkv_from_fused(2, 3, 5, 4)
+    assert attn_mod._flat_pairs(q) is None
+    c = q.contiguous()
+    f = attn_mod._flat_pairs(c)
+    assert f is not None and f.data_ptr() == c.data_ptr() and f.shape == (6, 5, 4)
+    one_head = torch.randn(4, 5, 1, 3).transpose(1, 2)  # H == 1: any batch stride flattens
+    assert attn_mod._flat_pairs(one_head) is not None

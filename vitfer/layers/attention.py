@@ -7,25 +7,39 @@ This module is the one place that decides how attention is computed:
 * ``impl="manual"``: always the hand-written path (ONNX export, attention maps, debugging);
 * ``impl="sdpa"``: always PyTorch's fused kernel.
 
-The hand-written path computes ``softmax(q k^T * scale) v`` over chunks of (batch, head) pairs
-so that the score tensor of one chunk stays in the CPU's L2 cache; on vit_base at batch 8 this
-runs within about 10% of the fused kernel, where the naive formula runs at about 0.4x (see
-``MEASURED.md``). Asking for attention weights always takes the hand-written path.
+The hand-written path computes ``softmax(q k^T * scale) v`` over chunks of (image, head) pairs
+so that one chunk's scores stay in cache between the three kernels that touch them (the naive
+formula, the whole (B, H, N, N) tensor at once, runs at about 0.4x the fused kernel on vit_base:
+``MEASURED.md``). At inference it works on strided views of q, k, v where a chunk lies within one
+image, gathers a chunk's operands into a reused per-thread workspace where it spans several
+images, and writes its result in (B, N, H, d) memory order as PyTorch's CPU flash kernel does,
+so the head merge after it is a view. Asking for attention weights always takes the hand-written
+path.
 """
 from __future__ import annotations
 
+import math
+import threading
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["scaled_dot_product_attention", "Attention", "ATTENTION_IMPLS", "check_attention_args", "resolve_impl"]
+from ._compile import is_compiling
+from .residual import branch_output
+
+__all__ = ["scaled_dot_product_attention", "Attention", "ATTENTION_IMPLS", "check_attention_args", "resolve_impl", "clear_scratch"]
 
 ATTENTION_IMPLS = ("auto", "manual", "sdpa")
 
-# Bytes of attention scores computed per chunk in the hand-written path: about 1.5 MiB keeps a
-# chunk's (n, Nq, Nk) fp32 scores inside a 2 MiB L2 cache (12 (batch, head) pairs at N=197).
+# Bytes of attention scores computed per chunk in the hand-written path. A chunk's scores are
+# written by one GEMM and read by the softmax and the second GEMM while still in cache (the naive
+# formula, the whole (B, H, N, N) tensor at once, runs at about 0.4x the fused kernel on vit_base:
+# MEASURED.md), while chunks of only a few pairs leave cores idle in the batched GEMMs. Inference:
+# 2 MiB, 13 pairs at N=197, so that ViT-B's 12 heads of one image make one chunk. Training (and
+# GPSA): 1.5 MiB; larger chunks measured no faster there (forward + backward at N=197 and 401).
+_INFER_CHUNK_BYTES = 2 << 20
 _CHUNK_BYTES = 3 << 19
 
 
@@ -56,6 +70,123 @@ def _as_additive_mask(attn_mask: Tensor, dtype: torch.dtype) -> Tensor:
     return attn_mask.to(dtype)
 
 
+# Inference scratch (scores, gathered q/k/v, chunk outputs) is kept per thread between calls on
+# the CPU: a fresh multi-MiB buffer per layer comes from mmap and costs a page fault per 4 KiB
+# (measured: page faults are about a quarter of a ViT-Ti forward on this machine). Workspaces
+# larger than this are allocated per call instead of being kept.
+_SCRATCH_MAX_BYTES = 32 << 20
+_scratch = threading.local()
+
+
+def _scratch_buffers(like: Tensor, *shapes: tuple[int, ...]) -> list[Tensor]:
+    """Uninitialised tensors of the given shapes (``like``'s dtype and device), carved out of one
+    per-thread workspace that is reused by later calls (CPU only; elsewhere freshly allocated).
+    Only for values that do not outlive the call."""
+    sizes = [math.prod(sh) for sh in shapes]
+    total = sum(sizes)
+    if like.device.type != "cpu" or total * like.element_size() > _SCRATCH_MAX_BYTES or is_compiling():
+        return [like.new_empty(sh) for sh in shapes]
+    cache = getattr(_scratch, "buffers", None)
+    if cache is None:
+        cache = _scratch.buffers = {}
+    ws = cache.get(like.dtype)
+    if ws is None or ws.numel() < total:
+        ws = cache[like.dtype] = like.new_empty(total)
+    views, start = [], 0
+    for sh, n in zip(shapes, sizes):
+        views.append(ws[start : start + n].view(sh))
+        start += n
+    return views
+
+
+def clear_scratch() -> None:
+    """Free this thread's cached attention workspace (see ``_SCRATCH_MAX_BYTES``)."""
+    _scratch.buffers = {}
+
+
+def _balanced(total: int, limit: int) -> int:
+    """The smallest chunk size that still splits ``total`` into the fewest chunks of at most
+    ``limit`` (12 heads under a 9-pair budget: 6 + 6, not 9 + 3)."""
+    limit = max(1, min(total, limit))
+    chunks = -(-total // limit)
+    return -(-total // chunks)
+
+
+def _flat_pairs(t: Tensor) -> Optional[Tensor]:
+    """(B, H, N, d) -> (B*H, N, d) as a view, or None where the strides do not allow it (q, k, v
+    sliced out of a fused qkv projection). Checked on the strides: a failed ``view`` raises, and
+    a C++ exception costs more than a small attention call."""
+    if t.shape[1] > 1 and t.stride(0) != t.shape[1] * t.stride(1):
+        return None
+    return t.view(-1, *t.shape[-2:])
+
+
+def _attend_chunk(a: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float, out: Tensor) -> None:
+    """``out = softmax(q k^T * scale + mask) v`` for one chunk of (pairs, N, d) operands, with the
+    scores in the buffer ``a``. The scale is the GEMM's ``alpha`` (no pass over q) and the mask its
+    accumulator (``beta=1``); the softmax runs in place."""
+    kt = k.transpose(1, 2)
+    if mask is None:
+        torch.baddbmm(a, q, kt, beta=0.0, alpha=scale, out=a)
+    else:
+        torch.baddbmm(mask, q, kt, alpha=scale, out=a)
+    torch.softmax(a, dim=-1, out=a)
+    torch.bmm(a, v, out=out)
+
+
+def _inference_4d(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float) -> Tensor:
+    """The hand-written inference path for (B, H, N, d) inputs.
+
+    Chunks of (image, head) pairs hold about ``_INFER_CHUNK_BYTES`` of scores, so that a chunk's scores
+    stay in the L2 cache, and are as large as that allows (batched GEMMs of a few matrices leave
+    one of two cores idle: at N=197, 3 pairs run at ~0.8x the per-pair speed of 12). Where one
+    image's heads fill a chunk (ViT-B: 12 heads), every chunk runs on strided views of q, k, v
+    (views of a fused qkv projection are valid GEMM operands: no copies). Where they do not
+    (ViT-Ti: 3 heads), a chunk spans several images; since (image, head) does not flatten into
+    one batch dimension of such views, the chunk's q, k, v are gathered into small reused buffers,
+    which stay in cache (a view is used instead when the inputs are contiguous).
+
+    The result is written in (B, Nq, H, dv) memory order and returned as its (B, H, Nq, dv) view,
+    as PyTorch's CPU flash kernel does, so the caller's ``transpose(1, 2).reshape(B, Nq, H*dv)``
+    is free.
+    """
+    B, H, nq, d = q.shape
+    nk, dv = k.shape[-2], v.shape[-1]
+    pairs = max(1, _INFER_CHUNK_BYTES // max(1, nq * nk * q.element_size()))
+    out = q.new_empty(B, nq, H, dv)
+    ot = out.transpose(1, 2)
+    if pairs < 2 * H or B == 1:
+        hc = _balanced(H, pairs)  # heads per chunk
+        (a,) = _scratch_buffers(q, (hc, nq, nk))
+        for b in range(B):
+            for h0 in range(0, H, hc):
+                h1 = min(H, h0 + hc)
+                m = None if mask is None else mask[b, h0:h1]
+                _attend_chunk(a[: h1 - h0], q[b, h0:h1], k[b, h0:h1], v[b, h0:h1], m, scale, ot[b, h0:h1])
+        return ot
+
+    g = _balanced(B, pairs // H)  # images per chunk
+    flat = [_flat_pairs(t) for t in (q, k, v)]
+    gather = [t for f, t in zip(flat, (q, k, v)) if f is None]
+    a, o, *gbufs = _scratch_buffers(q, (g * H, nq, nk), (g * H, nq, dv), *((g * H, *t.shape[-2:]) for t in gather))
+    it = iter(gbufs)
+    bufs = [None if f is not None else next(it) for f in flat]
+    for b0 in range(0, B, g):
+        b1 = min(B, b0 + g)
+        n = (b1 - b0) * H
+        ops = []
+        for t, f, buf in zip((q, k, v), flat, bufs):
+            if f is not None:
+                ops.append(f[b0 * H : b1 * H])
+            else:
+                buf[:n].view(b1 - b0, H, *t.shape[-2:]).copy_(t[b0:b1])
+                ops.append(buf[:n])
+        m = None if mask is None else mask[b0:b1].reshape(n, nq, nk)
+        _attend_chunk(a[:n], *ops, m, scale, o[:n])
+        ot[b0:b1].copy_(o[:n].view(b1 - b0, H, nq, dv))
+    return ot
+
+
 def _manual_attention(
     q: Tensor,
     k: Tensor,
@@ -68,33 +199,34 @@ def _manual_attention(
     *lead, nq, d = q.shape
     nk = k.shape[-2]
     dv = v.shape[-1]
+    pairs = max(1, _CHUNK_BYTES // max(1, nq * nk * q.element_size()))
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, attn_mask)
+    )
+    mask = None
+    if attn_mask is not None:
+        mask = _as_additive_mask(attn_mask, q.dtype).expand(*lead, nq, nk)
+    inference = not needs_grad and not return_weights and dropout_p == 0.0
+    if inference and q.dim() == 4 and k.shape[:2] == v.shape[:2] == q.shape[:2]:
+        return _inference_4d(q, k, v, mask, scale), None
+
+    # Everything else (training, attention maps, other ranks): q, k, v gathered into (pairs, N, d)
+    # once, then chunks of pairs. (Training on strided per-image views instead was measured
+    # slower: 0.71x vs 0.88x timm's fused kernel, forward + backward at N=401, 12 heads.)
     q = q.reshape(-1, nq, d)
     k = k.reshape(-1, nk, d)
     v = v.reshape(-1, nk, dv)
     n = q.shape[0]
-    mask = None
-    if attn_mask is not None:
-        mask = _as_additive_mask(attn_mask, q.dtype).expand(*lead, nq, nk).reshape(n, nq, nk)
-
-    # The scale is applied inside the GEMM (``alpha``), which saves a pass over q; the additive
-    # mask (if any) is the GEMM's accumulator (``beta=1``).
-    chunk = n if return_weights else max(1, _CHUNK_BYTES // max(1, nq * nk * q.element_size()))
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, mask))
-    if not needs_grad and not return_weights and dropout_p == 0.0:
-        # Inference: every chunk reuses one score buffer (it stays in cache), the softmax runs in
-        # place and the outputs are written straight into one (n, nq, dv) tensor.
+    if mask is not None:
+        mask = mask.reshape(n, nq, nk)
+    chunk = n if return_weights else pairs
+    if inference:
         out = q.new_empty(n, nq, dv)
-        buf = q.new_empty(min(chunk, n), nq, nk)
+        (a,) = _scratch_buffers(q, (min(chunk, n), nq, nk))  # reused by every chunk: it stays in cache
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            a = buf[: e - s]
-            kt = k[s:e].transpose(1, 2)
-            if mask is None:
-                torch.baddbmm(a, q[s:e], kt, beta=0.0, alpha=scale, out=a)
-            else:
-                torch.baddbmm(mask[s:e], q[s:e], kt, alpha=scale, out=a)
-            torch.softmax(a, dim=-1, out=a)
-            torch.bmm(a, v[s:e], out=out[s:e])
+            m = None if mask is None else mask[s:e]
+            _attend_chunk(a[: e - s], q[s:e], k[s:e], v[s:e], m, scale, out[s:e])
         return out.reshape(*lead, nq, dv), None
 
     # Autograd: split() rather than q[s:e] slicing, so that the backward is one cat per input
@@ -191,9 +323,15 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(
-        self, x: Tensor, attn_mask: Optional[Tensor] = None, return_attention: bool = False
+        self,
+        x: Tensor,
+        attn_mask: Optional[Tensor] = None,
+        return_attention: bool = False,
+        residual: Optional[Tensor] = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """x: (B, N, C) -> (B, N, C); with ``return_attention`` also (B, H, N, N) weights."""
+        """x: (B, N, C) -> (B, N, C); with ``return_attention`` also (B, H, N, N) weights. With
+        ``residual`` (B, N, C) the result is ``residual + attention(x)``, the residual being the
+        accumulator of the output projection's GEMM (``residual`` itself is not modified)."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -203,5 +341,5 @@ class Attention(nn.Module):
             return_weights=return_attention,
         )
         out, w = res if return_attention else (res, None)
-        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        out = branch_output(out.transpose(1, 2).reshape(B, N, C), self.proj, self.proj_drop, residual)
         return (out, w) if return_attention else out

@@ -46,7 +46,17 @@ class Block(nn.Module):
     def forward(
         self, x: Tensor, attn_mask: Optional[Tensor] = None, return_attention: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """With ``return_attention`` also returns the (B, H, N, N) attention weights."""
+        """With ``return_attention`` also returns the (B, H, N, N) attention weights.
+
+        Where stochastic depth is inactive (eval, or ``drop_path=0``) each residual add is folded
+        into the branch's last GEMM (:mod:`vitfer.layers.residual`)."""
+        fuse = not (self.training and isinstance(self.drop_path1, DropPath))
+        if fuse:
+            res = self.attn(self.norm1(x), attn_mask=attn_mask, return_attention=return_attention, residual=x)
+            x, w = res if return_attention else (res, None)
+            # x is this block's own tensor now: the MLP may accumulate into it
+            x = self.mlp(self.norm2(x), residual=x, inplace=True)
+            return (x, w) if return_attention else x
         if return_attention:
             a, w = self.attn(self.norm1(x), attn_mask=attn_mask, return_attention=True)
         else:

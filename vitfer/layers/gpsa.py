@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .attention import _CHUNK_BYTES, check_attention_args, resolve_impl
 from .drop_path import DropPath
 from .mlp import Mlp
+from .residual import branch_output
 
 __all__ = ["GPSA", "GPSABlock", "attention_distance", "grid_distances", "rel_indices"]
 
@@ -284,8 +285,12 @@ class GPSA(nn.Module):
                 f"{self.grid_size[1]} patch grid, got {tuple(x.shape)}; call set_grid_size() for another grid"
             )
 
-    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, return_attention: bool = False, residual: Optional[Tensor] = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, N, C) -> (B, N, C); with ``return_attention`` also the (B, H, N, N) mixed weights.
+        With ``residual`` (B, N, C) the result is ``residual + attention(x)``, the residual being
+        the accumulator of the output projection's GEMM (``residual`` is not modified).
 
         The returned weights are renormalised by their row sums, exactly as timm's
         ``get_attention`` (a change of about 1e-7).
@@ -309,7 +314,7 @@ class GPSA(nn.Module):
             out = torch.lerp(content, positional, g).transpose(1, 2).reshape(B, N, C)
         else:
             out, w = _gated_attention_manual(qk, v, pos, gate, H, self.scale, p, return_attention)
-        out = self.proj_drop(self.proj(out))
+        out = branch_output(out, self.proj, self.proj_drop, residual)
         if return_attention:
             return out, w / w.sum(dim=-1, keepdim=True)
         return out
@@ -352,7 +357,15 @@ class GPSABlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """With ``return_attention`` also returns the (B, H, N, N) mixed attention weights."""
+        """With ``return_attention`` also returns the (B, H, N, N) mixed attention weights.
+
+        Where stochastic depth is inactive each residual add is folded into the branch's last GEMM
+        (:mod:`vitfer.layers.residual`)."""
+        if not (self.training and isinstance(self.drop_path, DropPath)):
+            res = self.attn(self.norm1(x), return_attention=return_attention, residual=x)
+            x, w = res if return_attention else (res, None)
+            x = self.mlp(self.norm2(x), residual=x, inplace=True)  # x is this block's own tensor
+            return (x, w) if return_attention else x
         if return_attention:
             a, w = self.attn(self.norm1(x), return_attention=True)
         else:

@@ -5,6 +5,8 @@ from typing import Callable, Optional
 
 from torch import Tensor, nn
 
+from .residual import activation, branch_output
+
 __all__ = ["Mlp"]
 
 
@@ -32,5 +34,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None, inplace: bool = False) -> Tensor:
+        """``fc2(drop(act(fc1(x))))``, or ``residual + ...`` of it with ``residual`` as the
+        accumulator of fc2's GEMM (:func:`vitfer.layers.residual.linear_residual`); with
+        ``inplace`` the caller allows ``residual`` to be overwritten when no gradient is needed."""
+        h = self.drop1(activation(self.act, self.fc1(x)))
+        return branch_output(h, self.fc2, self.drop2, residual, inplace)

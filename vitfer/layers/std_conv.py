@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._compile import is_compiling
 from .padding import is_static_pad, same_pad_amounts
 from .patch_embed import to_2tuple
 
@@ -28,11 +29,6 @@ def standardize_weight(weight: Tensor, eps: float) -> Tensor:
     return F.batch_norm(
         weight.reshape(1, o, -1), None, None, training=True, momentum=0.0, eps=eps
     ).reshape_as(weight)
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 class StdConv2dSame(nn.Conv2d):
@@ -81,7 +77,7 @@ class StdConv2dSame(nn.Conv2d):
     def standardized_weight(self) -> Tensor:
         """The standardised kernel (O, I, kh, kw) used by ``forward``."""
         w = self.weight
-        if _is_compiling() or (torch.is_grad_enabled() and w.requires_grad):
+        if is_compiling() or (torch.is_grad_enabled() and w.requires_grad):
             return standardize_weight(w, self.eps)
         key = (w._version, w.data_ptr(), w.dtype, w.device, torch.is_inference_mode_enabled(), self.eps)
         cache = self._std_cache

@@ -1,0 +1,89 @@
+"""Residual branches that end in a Linear, computed without the separate residual add.
+
+A transformer block ends each branch with ``x + linear(h)``. Written as written, that is one GEMM
+into a fresh output (whose bias is first copied into it), then an add that reads both and writes a
+third tensor. Here the residual is the GEMM's accumulator instead (``addmm`` with ``beta=1``) and
+the bias is added in place: one output fewer and one memory pass fewer per branch. When no gradient
+is needed and the caller owns the residual, the GEMM accumulates straight into it. The activation
+between ``fc1`` and ``fc2`` likewise runs in place when no gradient is needed.
+
+Fresh multi-MiB outputs are not free on the CPU: each comes from ``mmap`` and costs a page fault
+per 4 KiB. Measured on vit_tiny at batch 8 (2 cores): these fusions take the forward from about
+0.9x to about 1.06x timm's speed; ViT-B about 1.04x.
+
+Under autocast the plain path is taken (``addmm`` would otherwise run, and leave the residual
+stream, in the low-precision dtype).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["linear_residual", "branch_output", "activation", "no_grad_needed"]
+
+
+def no_grad_needed(*tensors: Tensor) -> bool:
+    """True when autograd will not record an op on these tensors (grad mode off, or none of them
+    requires grad), so that an in-place update is invisible to any backward."""
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+
+
+def _fusable(x: Tensor, linear: nn.Linear, residual: Tensor) -> bool:
+    return (
+        residual.dtype == x.dtype == linear.weight.dtype
+        and residual.shape[-1] == linear.out_features
+        and residual.shape[:-1] == x.shape[:-1]
+        and residual.is_contiguous()
+        and not torch.is_autocast_enabled(x.device.type)
+    )
+
+
+def linear_residual(x: Tensor, linear: nn.Linear, residual: Tensor, inplace: bool = False) -> Tensor:
+    """``residual + linear(x)``.
+
+    Args:
+        x: (..., in_features).
+        linear: the branch's last Linear.
+        residual: (..., out_features), the block's input stream.
+        inplace: the caller owns ``residual`` and allows it to be overwritten; honoured only when
+            no gradient is needed (see :func:`no_grad_needed`), otherwise a new tensor is returned.
+    """
+    if not _fusable(x, linear, residual):
+        return residual + linear(x)
+    x2 = x.reshape(-1, x.shape[-1])
+    r2 = residual.view(-1, residual.shape[-1])
+    params = (linear.weight,) if linear.bias is None else (linear.weight, linear.bias)
+    if inplace and no_grad_needed(x, residual, *params):
+        r2.addmm_(x2, linear.weight.t())
+        out = residual
+    else:
+        out = torch.addmm(r2, x2, linear.weight.t()).view(residual.shape)
+    if linear.bias is not None:
+        out.add_(linear.bias)  # addmm's backward does not need its output: in place is fine
+    return out
+
+
+def branch_output(
+    x: Tensor, linear: nn.Linear, drop: nn.Module, residual: Optional[Tensor] = None, inplace: bool = False
+) -> Tensor:
+    """The end of a residual branch: ``drop(linear(x))``, or ``residual + drop(linear(x))`` with
+    the residual fused into the GEMM where the dropout is inactive (see :func:`linear_residual`
+    for ``inplace``)."""
+    if residual is None:
+        return drop(linear(x))
+    if drop.training and getattr(drop, "p", 0.0) > 0.0:
+        return residual + drop(linear(x))
+    return linear_residual(x, linear, residual, inplace=inplace)
+
+
+def activation(act: nn.Module, h: Tensor) -> Tensor:
+    """``act(h)``, in place on ``h`` (a fresh intermediate the caller owns) for exact GELU/ReLU
+    when no gradient is needed."""
+    if no_grad_needed(h):
+        if type(act) is nn.GELU:
+            return torch.ops.aten.gelu_(h, approximate=act.approximate)
+        if type(act) is nn.ReLU:
+            return h.relu_()
+    return act(h)
