@@ -195,3 +195,25 @@ def test_flat_pairs_only_when_strides_allow():
     assert f is not None and f.data_ptr() == c.data_ptr() and f.shape == (6, 5, 4)
     one_head = torch.randn(4, 5, 1, 3).transpose(1, 2)  # H == 1: any batch stride flattens
     assert attn_mod._flat_pairs(one_head) is not None
+
+
+def test_mixed_dtypes_and_cpu_autocast():
+    """The hand-written path promotes mixed q/k/v dtypes, and under autocast computes in its dtype
+    as the fused kernel does (CrossViT's folded class-token query is bf16 against fp32 tokens)."""
+    q, k, v = _qkv(2, 3, 17, 8)
+    want = F.scaled_dot_product_attention(q, k, v)
+    with torch.no_grad():
+        out = scaled_dot_product_attention(q.bfloat16(), k, v, impl="manual")
+    assert out.dtype == torch.float32
+    assert_close(out, want, 2e-2, "bf16 q promoted")
+    mask = torch.randn(2, 1, 17, 17)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for m in (None, mask):
+            got = scaled_dot_product_attention(q.bfloat16(), k, v, attn_mask=m, impl="manual")
+            ref = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+            assert got.dtype == torch.bfloat16
+            assert_close(got.float(), ref, 5e-2, "autocast")
+    qg = q.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scaled_dot_product_attention(qg, k, v, impl="manual").float().sum().backward()
+    assert qg.grad.dtype == torch.float32 and torch.isfinite(qg.grad).all()

@@ -286,8 +286,23 @@ def scaled_dot_product_attention(
     path = "manual" if return_weights else resolve_impl(impl, q)
     if path == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    q, k, v = _common_dtype(q, k, v)
     out, w = _manual_attention(q, k, v, attn_mask, dropout_p, scale, return_weights)
     return (out, w) if return_weights else out
+
+
+def _common_dtype(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One dtype for the hand-written path, whose ``out=`` kernels do not mix dtypes: under
+    autocast its dtype (as autocast casts the inputs of the fused kernel), otherwise the promoted
+    dtype where q, k, v differ (e.g. bf16 queries against fp32 tokens)."""
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev) and q.is_floating_point():
+        dt = torch.get_autocast_dtype(dev)
+    elif q.dtype == k.dtype == v.dtype:
+        return q, k, v
+    else:
+        dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    return q.to(dt), k.to(dt), v.to(dt)
 
 
 class Attention(nn.Module):
