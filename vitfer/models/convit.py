@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.gpsa import GPSA, GPSABlock, attention_distance, grid_distances
-from .base import VitferModel, build_config
-from .registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg, create_model, register_model
+from .base import VitferModel
+from .registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg, create_model, register_family
 
 __all__ = [
     "CONVIT_VARIANTS",
@@ -292,18 +292,7 @@ _PRETRAINED = {
 }
 
 
-def _builder(name: str):
-    def build(**overrides: Any) -> ConViT:
-        cfg = build_config(ConViTConfig, CONVIT_VARIANTS[name], overrides, name)
-        model = ConViT(cfg, name)
-        model.set_pretrained_cfg(_PRETRAINED[name], model.img_size)
-        return model
-
-    return build
-
-
-for _name in CONVIT_VARIANTS:
-    register_model(_name, "convit", _builder(_name), _PRETRAINED[_name])
+register_family("convit", CONVIT_VARIANTS, ConViTConfig, ConViT, _PRETRAINED)
 
 
 def convit_tiny(pretrained: bool | str = False, **overrides: Any) -> ConViT:

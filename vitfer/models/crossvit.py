@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.cross_attention import CrossAttentionBlock
-from .base import VitferModel, build_config
-from .registry import PretrainedCfg, create_model, register_model
+from .base import VitferModel
+from .registry import PretrainedCfg, create_model, register_family
 
 __all__ = [
     "CROSSVIT_VARIANTS",
@@ -325,8 +325,9 @@ class CrossViT(VitferModel):
     ``pre_logits=True`` the concatenated pooled tokens (B, D_0 + D_1).
     """
 
-    def __init__(self, cfg: CrossViTConfig) -> None:
+    def __init__(self, cfg: CrossViTConfig, name: str = "") -> None:
         super().__init__()
+        self.model_name = name
         if cfg.global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
         if not (len(cfg.patch_size) == len(cfg.embed_dim) == len(cfg.num_heads) == len(cfg.img_scale) == 2):
@@ -564,19 +565,7 @@ def _pretrained_cfg(name: str) -> PretrainedCfg:
 _PRETRAINED = {name: _pretrained_cfg(name) for name in CROSSVIT_VARIANTS}
 
 
-def _builder(name: str):
-    def build(**overrides: Any) -> CrossViT:
-        cfg = build_config(CrossViTConfig, CROSSVIT_VARIANTS[name], overrides, name)
-        model = CrossViT(cfg)
-        model.model_name = name
-        model.set_pretrained_cfg(_PRETRAINED[name], model.img_size)
-        return model
-
-    return build
-
-
-for _name in CROSSVIT_VARIANTS:
-    register_model(_name, "crossvit", _builder(_name), _PRETRAINED[_name])
+register_family("crossvit", CROSSVIT_VARIANTS, CrossViTConfig, CrossViT, _PRETRAINED)
 
 
 def crossvit_tiny_240(pretrained: bool | str = False, **overrides: Any) -> CrossViT:

@@ -29,6 +29,7 @@ __all__ = [
     "is_model",
     "list_models",
     "register_alias",
+    "register_family",
     "register_model",
 ]
 
@@ -139,6 +140,35 @@ def list_models(pattern: Optional[str] = None, *, family: Optional[str] = None, 
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return sorted(names)
+
+
+def register_family(
+    family: str,
+    variants: dict[str, dict[str, Any]],
+    config_cls: type,
+    model_cls: Callable[..., nn.Module],
+    pretrained: dict[str, PretrainedCfg],
+) -> None:
+    """Register every variant of a model family.
+
+    ``variants`` maps each name to its config fields; the builder of a name makes
+    ``model_cls(build_config(config_cls, variant, overrides, name), name)`` and sets its
+    ``pretrained_cfg`` from ``pretrained[name]`` (input size from the model's ``img_size`` where
+    it has a fixed one).
+    """
+    for name, variant in variants.items():
+        register_model(name, family, _family_builder(name, variant, config_cls, model_cls, pretrained[name]), pretrained[name])
+
+
+def _family_builder(name: str, variant: dict[str, Any], config_cls: type, model_cls: Callable[..., nn.Module], cfg: PretrainedCfg):
+    from .base import build_config
+
+    def build(**overrides: Any) -> nn.Module:
+        model = model_cls(build_config(config_cls, variant, overrides, name), name)
+        model.set_pretrained_cfg(cfg, getattr(model, "img_size", None))
+        return model
+
+    return build
 
 
 def create_model(name: str, *, pretrained: Union[bool, str] = False, **overrides: Any) -> nn.Module:

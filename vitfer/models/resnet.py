@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import DropPath, check_input
-from .base import VitferModel, build_config
-from .registry import PretrainedCfg, create_model, register_model
+from .base import VitferModel
+from .registry import PretrainedCfg, create_model, register_family
 
 __all__ = [
     "RESNET_VARIANTS",
@@ -146,8 +146,9 @@ class ResNet(VitferModel):
     -> logits (B, num_classes).
     """
 
-    def __init__(self, cfg: ResNetConfig) -> None:
+    def __init__(self, cfg: ResNetConfig, name: str = "") -> None:
         super().__init__()
+        self.model_name = name
         if cfg.block not in _BLOCKS:
             raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {cfg.block!r}")
         if len(cfg.layers) != 4:
@@ -269,19 +270,7 @@ _PRETRAINED = {
 }
 
 
-def _builder(name: str):
-    def build(**overrides: Any) -> ResNet:
-        cfg = build_config(ResNetConfig, RESNET_VARIANTS[name], overrides, name)
-        model = ResNet(cfg)
-        model.model_name = name
-        model.set_pretrained_cfg(_PRETRAINED[name])
-        return model
-
-    return build
-
-
-for _name in RESNET_VARIANTS:
-    register_model(_name, "resnet", _builder(_name), _PRETRAINED[_name])
+register_family("resnet", RESNET_VARIANTS, ResNetConfig, ResNet, _PRETRAINED)
 
 
 def resnet18d(pretrained: bool | str = False, **overrides: Any) -> ResNet:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import check_input
-from .base import VitferModel, build_config
-from .registry import PretrainedCfg, create_model, register_model
+from .base import VitferModel
+from .registry import PretrainedCfg, create_model, register_family
 
 __all__ = ["VGG_VARIANTS", "ConvMlp", "VGG", "VGGConfig", "vgg16", "vgg19"]
 
@@ -95,8 +95,9 @@ class VGG(VitferModel):
     -> logits (B, num_classes); ``forward_head(pre_logits=True)`` gives (B, 4096).
     """
 
-    def __init__(self, cfg: VGGConfig) -> None:
+    def __init__(self, cfg: VGGConfig, name: str = "") -> None:
         super().__init__()
+        self.model_name = name
         if not cfg.layers:
             raise ValueError("VGGConfig.layers is empty: give conv widths and 'M' for max-pools")
         self.cfg = cfg
@@ -179,19 +180,7 @@ _PRETRAINED = {
 }
 
 
-def _builder(name: str):
-    def build(**overrides: Any) -> VGG:
-        cfg = build_config(VGGConfig, VGG_VARIANTS[name], overrides, name)
-        model = VGG(cfg)
-        model.model_name = name
-        model.set_pretrained_cfg(_PRETRAINED[name])
-        return model
-
-    return build
-
-
-for _name in VGG_VARIANTS:
-    register_model(_name, "vgg", _builder(_name), _PRETRAINED[_name])
+register_family("vgg", VGG_VARIANTS, VGGConfig, VGG, _PRETRAINED)
 
 
 def vgg16(pretrained: bool | str = False, **overrides: Any) -> VGG:

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
-from .base import VitferModel, build_config
-from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_model
+from .base import VitferModel
+from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_family
 
 __all__ = [
     "VIT_VARIANTS",
@@ -62,8 +62,9 @@ class VisionTransformer(VitferModel):
     x: (B, C, H, W) -> ``forward_features`` (B, 1 + N, D) -> logits (B, num_classes).
     """
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: ViTConfig, name: str = "") -> None:
         super().__init__()
+        self.model_name = name
         if cfg.global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
         self.cfg = cfg
@@ -184,17 +185,6 @@ _VIT_CFGS = {
 }
 
 
-def _builder(name: str):
-    def build(**overrides: Any) -> VisionTransformer:
-        cfg = build_config(ViTConfig, VIT_VARIANTS[name], overrides, name)
-        model = VisionTransformer(cfg)
-        model.model_name = name
-        model.set_pretrained_cfg(_PRETRAINED[name], model.img_size)
-        return model
-
-    return build
-
-
 _PRETRAINED = {
     name: PretrainedCfg(
         hf_hub_id=hub, input_size=(3, 224, 224), crop_pct=0.9, interpolation="bicubic",
@@ -203,8 +193,7 @@ _PRETRAINED = {
     for name, hub in _VIT_CFGS.items()
 }
 
-for _name in VIT_VARIANTS:
-    register_model(_name, "vit", _builder(_name), _PRETRAINED[_name])
+register_family("vit", VIT_VARIANTS, ViTConfig, VisionTransformer, _PRETRAINED)
 
 
 def vit_tiny_patch16_224(pretrained: bool | str = False, **overrides: Any) -> VisionTransformer:

@@ -32,8 +32,7 @@ from torch import Tensor, nn
 from ..layers import PatchEmbed
 from ..layers.padding import MaxPool2dSame
 from ..layers.std_conv import StdConv2dSame
-from .base import build_config
-from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_alias, register_model
+from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_alias, register_family
 from .vit import ViTConfig, VisionTransformer, checkpoint_filter_fn
 
 __all__ = [
@@ -227,13 +226,13 @@ class HybridVisionTransformer(VisionTransformer):
     (``set_input_size`` resamples the position embeddings to the new feature grid).
     """
 
-    def __init__(self, cfg: HybridViTConfig) -> None:
+    def __init__(self, cfg: HybridViTConfig, name: str = "") -> None:
         backbone = ResNetV2Backbone(cfg.backbone_layers, cfg.in_chans, channels_last=cfg.channels_last)
         embed = HybridEmbed(backbone, cfg.img_size, cfg.patch_size, cfg.embed_dim)
         # VisionTransformer sizes cls/pos embeddings from its own patch embedding: build it on a
         # stand-in "image" the size of the token grid with 1x1 patches (a 3 -> D 1x1 conv), then
         # put the hybrid embedding in its place.
-        super().__init__(replace(cfg, img_size=embed.grid_size, patch_size=1))
+        super().__init__(replace(cfg, img_size=embed.grid_size, patch_size=1), name)
         self.patch_embed = embed
         self.cfg = cfg
 
@@ -262,19 +261,7 @@ _PRETRAINED = {
 }
 
 
-def _builder(name: str):
-    def build(**overrides: Any) -> HybridVisionTransformer:
-        cfg = build_config(HybridViTConfig, HYBRID_VARIANTS[name], overrides, name)
-        model = HybridVisionTransformer(cfg)
-        model.model_name = name
-        model.set_pretrained_cfg(_PRETRAINED[name], model.img_size)
-        return model
-
-    return build
-
-
-for _name in HYBRID_VARIANTS:
-    register_model(_name, "vit_hybrid", _builder(_name), _PRETRAINED[_name])
+register_family("vit_hybrid", HYBRID_VARIANTS, HybridViTConfig, HybridVisionTransformer, _PRETRAINED)
 register_alias("vit_base_resnet50_384", "vit_base_r50_s16_384")
 
 
