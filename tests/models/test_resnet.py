@@ -1,102 +1,18 @@
-"""ResNet-D against timm with identical weights (fp32, num_classes=7).
-
-Also home of :func:`train_step_diffs`, the one-training-step comparison the CNN and hybrid tests
-share.
-"""
+"""ResNet-D against timm with identical weights (fp32, num_classes=7)."""
 from __future__ import annotations
 
-import copy
-
 import pytest
-import timm
 import torch
-import torch.nn.functional as F
-from parity import assert_close, assert_logits_close, copy_weights, logits_tol, randomize_
+from parity import NUM_CLASSES, assert_close, assert_logits_close, assert_same_state_dict_layout, make_pair, train_step_diffs
 
 import vitfer.models.resnet  # noqa: F401  (registers the ResNet-D family)
 from vitfer.models import create_model
 from vitfer.models.resnet import RESNET_VARIANTS, resnet50d
 
-NUM_CLASSES = 7
-GRAD_RTOL = 1e-4  # gradient bound: 1e-4 * the largest |gradient| of the same parameter tensor in timm
-
-
-def make_pair(name: str, seed: int = 0, **overrides):
-    """(vitfer model built with ``overrides``, timm model) in eval mode with the same random
-    weights and BN statistics (used for the ResNets and VGGs).
-
-    In ResNets the last BN of every residual branch is scaled down after ``randomize_`` so that
-    the activations stay O(1) through the depth instead of growing with every block.
-    """
-    ref = timm.create_model(name, num_classes=NUM_CLASSES)
-    randomize_(ref, seed)
-    with torch.no_grad():
-        for blk in ref.modules():
-            if hasattr(blk, "zero_init_last"):  # timm's BasicBlock / Bottleneck
-                (blk.bn3 if hasattr(blk, "bn3") else blk.bn2).weight.mul_(0.2)
-    ours = create_model(name, num_classes=NUM_CLASSES, **overrides)
-    copy_weights(ref, ours)
-    return ours.eval(), ref.eval()
-
-
-def train_step_diffs(
-    ours, ref, x: torch.Tensor, target: torch.Tensor, what: str, channels_last: bool, copy_models: bool = True
-) -> dict[str, float]:
-    """One training step on both models (on deep copies unless ``copy_models=False``; then the
-    gradients are cleared afterwards): forward in train mode (batch statistics,
-    dropout off), cross-entropy on ``target``, backward. Asserts logits within the logits
-    tolerance, every parameter gradient within ``GRAD_RTOL`` of that parameter's largest timm
-    gradient, and every buffer (BN running statistics after the step) within 1e-4 relative.
-    Returns the max differences.
-
-    timm gets ``x`` in the memory format vitfer runs in (``channels_last``), so that both sides
-    sum in the same order: with random weights, train-mode batch norm makes the gradients so
-    ill-conditioned that timm against itself, NCHW against channels-last input, differs by 5% to
-    30% relative on some tensors (measured on resnet50d), although the logits agree to 1e-6.
-    """
-    if copy_models:
-        ours, ref = copy.deepcopy(ours), copy.deepcopy(ref)
-    ours.train(), ref.train()
-    try:
-        return _train_step_diffs(ours, ref, x, target, what, channels_last)
-    finally:
-        ours.eval(), ref.eval()
-        ours.zero_grad(set_to_none=True), ref.zero_grad(set_to_none=True)
-
-
-def _train_step_diffs(ours, ref, x, target, what, channels_last) -> dict[str, float]:
-    lo, lr = ours(x), ref(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-    diffs = {"logits": assert_logits_close(lo, lr, f"{what} train-mode logits")}
-    F.cross_entropy(lo, target).backward()
-    F.cross_entropy(lr, target).backward()
-    ref_params = dict(ref.named_parameters())
-    grad_rel = 0.0
-    for name, p in ours.named_parameters():
-        g = ref_params[name].grad
-        scale = g.abs().max().item()
-        d = assert_close(p.grad, g, GRAD_RTOL * scale, f"{what} grad of {name}")
-        grad_rel = max(grad_rel, d / scale if scale > 0 else d)
-    diffs["grad (max diff / max|grad| per tensor)"] = grad_rel
-    ref_bufs = dict(ref.named_buffers())
-    buf = 0.0
-    for name, b in ours.named_buffers():
-        if name in ref_bufs:
-            r = ref_bufs[name]
-            buf = max(buf, assert_close(b.double(), r.double(), logits_tol(r.double()), f"{what} buffer {name}"))
-    diffs["buffers"] = buf
-    return diffs
-
 
 @pytest.fixture(scope="module")
 def r50d():
     return make_pair("resnet50d")
-
-
-def assert_same_state_dict_layout(ours, ref, ordered: bool = True) -> None:
-    """Same state-dict names (in the same order unless ``ordered=False``) and shapes as timm's."""
-    a, b = ours.state_dict(), ref.state_dict()
-    assert (list(a) == list(b)) if ordered else (sorted(a) == sorted(b)), sorted(set(a) ^ set(b))[:10]
-    assert all(a[k].shape == b[k].shape for k in a)
 
 
 def test_state_dict_keys_and_shapes_match_timm(r50d):

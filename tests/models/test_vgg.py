@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import assert_close, assert_logits_close
-from test_resnet import NUM_CLASSES, assert_same_state_dict_layout, make_pair, train_step_diffs
+from parity import NUM_CLASSES, assert_close, assert_logits_close, assert_same_state_dict_layout, make_pair, train_step_diffs
 
 import vitfer.models.vgg  # noqa: F401  (registers vgg16 / vgg19)
 from vitfer.models.vgg import vgg16

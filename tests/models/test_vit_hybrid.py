@@ -6,8 +6,15 @@ from functools import partial
 import pytest
 import timm
 import torch
-from parity import assert_close, assert_logits_close, copy_weights, randomize_
-from test_resnet import NUM_CLASSES, assert_same_state_dict_layout, train_step_diffs
+from parity import (
+    NUM_CLASSES,
+    assert_close,
+    assert_logits_close,
+    assert_same_state_dict_layout,
+    copy_weights,
+    randomize_,
+    train_step_diffs,
+)
 from timm.layers.hybrid_embed import HybridEmbed as TimmHybridEmbed
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 from timm.models.vision_transformer_hybrid import _resnetv2

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .registry import PretrainedCfg
 
-__all__ = ["VitferModel", "build_config"]
+__all__ = ["VitferModel", "ClassTokenModel", "GLOBAL_POOLS", "build_config", "check_global_pool"]
 
 
 def build_config(config_cls: type, variant: dict[str, Any], overrides: dict[str, Any], model_name: str):
@@ -90,3 +90,58 @@ class VitferModel(nn.Module):
 
     def copy(self) -> "VitferModel":
         return copy.deepcopy(self)
+
+
+GLOBAL_POOLS = ("token", "avg")
+
+
+def check_global_pool(global_pool: str) -> str:
+    """``global_pool`` of the token models: ``"token"`` (class token) or ``"avg"`` (mean of the
+    patch tokens)."""
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+    return global_pool
+
+
+class ClassTokenModel(VitferModel):
+    """The API shared by the single-stream class-token transformers (ViT, the ViT-R50 hybrid,
+    ConViT): ``forward_features`` gives (B, num_prefix_tokens + N, D) tokens, the class token
+    first; the head is a Linear on the class token (``global_pool="token"``) or on the mean of the
+    patch tokens (``"avg"``), after ``head_drop``.
+
+    Subclasses own ``patch_embed`` (with ``img_size``), ``cls_token``, ``pos_embed``, ``head``,
+    ``head_drop``, ``embed_dim``, ``global_pool`` and ``num_prefix_tokens``.
+    """
+
+    num_prefix_tokens: int = 1
+    global_pool: str
+    embed_dim: int
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.patch_embed.img_size
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head by a freshly initialised Linear(D, num_classes) (truncated normal, std
+        0.02, zero bias, as timm); Identity for 0."""
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool)
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.head = nn.Linear(self.embed_dim, num_classes, device=self.cls_token.device)
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+        else:
+            self.head = nn.Identity()
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """tokens (B, 1 + N, D) -> logits (B, num_classes), or pooled features (B, D)."""
+        x = x[:, self.num_prefix_tokens :].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)

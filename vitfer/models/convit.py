@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.gpsa import GPSA, GPSABlock, attention_distance, grid_distances
-from .base import VitferModel
+from .base import ClassTokenModel, check_global_pool
 from .registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg, create_model, register_family
 
 __all__ = [
@@ -83,7 +83,7 @@ def _square_grid(grid: tuple[int, int], img_size: tuple[int, int], patch_size: t
         )
 
 
-class ConViT(VitferModel):
+class ConViT(ClassTokenModel):
     """ConViT: patch embedding + position embedding, GPSA blocks, class token, MHSA blocks.
 
     x: (B, C, H, W) -> ``forward_features`` (B, 1 + N, D) -> logits (B, num_classes).
@@ -91,8 +91,7 @@ class ConViT(VitferModel):
 
     def __init__(self, cfg: ConViTConfig, name: str = "") -> None:
         super().__init__()
-        if cfg.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        check_global_pool(cfg.global_pool)
         self.cfg = cfg
         self.model_name = name
         dim = cfg.head_dim * cfg.num_heads
@@ -142,31 +141,9 @@ class ConViT(VitferModel):
 
     # -- API ---------------------------------------------------------------------------------
     @property
-    def img_size(self) -> tuple[int, int]:
-        return self.patch_embed.img_size
-
-    @property
     def gpsa_layers(self) -> list[GPSA]:
         """The GPSA modules of blocks [0, local_up_to_layer)."""
         return [b.attn for b in self.blocks if isinstance(b, GPSABlock)]
-
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head by a freshly initialised Linear(D, num_classes) (Identity for 0)."""
-        if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device = self.cls_token.device
-        self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            _init_weights(self.head)
 
     @torch.no_grad()
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
@@ -207,12 +184,6 @@ class ConViT(VitferModel):
                 x = self._add_cls(x)
             x = blk(x)
         return self.norm(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """tokens (B, 1 + N, D) -> logits (B, num_classes), or pooled features (B, D)."""
-        x = x[:, self.num_prefix_tokens :].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
 
     # -- inspection --------------------------------------------------------------------------
     def gating_values(self) -> Tensor:

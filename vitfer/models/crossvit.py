@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.cross_attention import CrossAttentionBlock
-from .base import VitferModel
+from .base import VitferModel, check_global_pool
 from .registry import PretrainedCfg, create_model, register_family
 
 __all__ = [
@@ -328,8 +328,7 @@ class CrossViT(VitferModel):
     def __init__(self, cfg: CrossViTConfig, name: str = "") -> None:
         super().__init__()
         self.model_name = name
-        if cfg.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        check_global_pool(cfg.global_pool)
         if not (len(cfg.patch_size) == len(cfg.embed_dim) == len(cfg.num_heads) == len(cfg.img_scale) == 2):
             raise ValueError(
                 f"CrossViT has two branches: patch_size {cfg.patch_size}, embed_dim {cfg.embed_dim}, "
@@ -403,9 +402,7 @@ class CrossViT(VitferModel):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace both heads by freshly initialised Linear(D_i, num_classes) (Identity for 0)."""
         if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-            self.global_pool = global_pool
+            self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head = self._make_heads(num_classes, self.cls_token_0.device)
         self.head.apply(_init_weights)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
-from .base import VitferModel
+from .base import ClassTokenModel, check_global_pool
 from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_family
 
 __all__ = [
@@ -56,7 +56,7 @@ def init_weights_vit(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class VisionTransformer(VitferModel):
+class VisionTransformer(ClassTokenModel):
     """ViT: patch embedding, class token, absolute position embedding, pre-norm blocks.
 
     x: (B, C, H, W) -> ``forward_features`` (B, 1 + N, D) -> logits (B, num_classes).
@@ -65,8 +65,7 @@ class VisionTransformer(VitferModel):
     def __init__(self, cfg: ViTConfig, name: str = "") -> None:
         super().__init__()
         self.model_name = name
-        if cfg.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        check_global_pool(cfg.global_pool)
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.num_features = self.embed_dim = cfg.embed_dim
@@ -101,28 +100,6 @@ class VisionTransformer(VitferModel):
         self.apply(init_weights_vit)
 
     # -- API ---------------------------------------------------------------------------------
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.patch_embed.img_size
-
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head by a freshly initialised Linear(D, num_classes) (Identity for 0)."""
-        if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device = self.cls_token.device
-        self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            init_weights_vit(self.head)
-
     @torch.no_grad()
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Change the input size, resampling the position embeddings (bicubic, as timm)."""
@@ -144,12 +121,6 @@ class VisionTransformer(VitferModel):
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> normed tokens (B, 1 + N, D)."""
         return self.norm(self.blocks(self._embed(x)))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """tokens (B, 1 + N, D) -> logits (B, num_classes), or pooled features (B, D)."""
-        x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
 
     def attention_maps(self, x: Tensor) -> list[Tensor]:
         """Attention weights of every block, each (B, H, 1 + N, 1 + N) (hand-written path)."""
