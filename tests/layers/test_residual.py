@@ -151,3 +151,21 @@ def test_block_compiles_without_graph_breaks(grad):
     x = torch.randn(2, 50, 48)
     with torch.set_grad_enabled(grad):
         assert_close(compiled(x), ours(x), 1e-6, "compiled")
+
+
+def test_hooks_on_branches_see_branch_outputs():
+    """A forward hook on ``attn`` / ``mlp`` sees the branch output (as in timm), not the residual
+    stream that the fused path would hand back."""
+    ref = TimmBlock(48, 4, qkv_bias=True).eval()
+    ours = Block(48, 4, qkv_bias=True).eval()
+    copy_weights(ref, ours)
+    seen = {}
+    for tag, blk in (("ours", ours), ("ref", ref)):
+        for part in ("attn", "mlp"):
+            getattr(blk, part).register_forward_hook(
+                lambda m, i, o, key=(tag, part): seen.__setitem__(key, o.detach().clone()))
+    x = torch.randn(2, 9, 48)
+    with torch.no_grad():
+        assert_close(ours(x), ref(x), 1e-5, "hooked block")
+    for part in ("attn", "mlp"):
+        assert_close(seen["ours", part], seen["ref", part], 1e-5, f"{part} hook output")

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from .attention import Attention
 from .drop_path import DropPath
 from .mlp import Mlp
+from .residual import has_hooks
 
 __all__ = ["Block", "LayerNorm6"]
 
@@ -48,9 +49,10 @@ class Block(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """With ``return_attention`` also returns the (B, H, N, N) attention weights.
 
-        Where stochastic depth is inactive (eval, or ``drop_path=0``) each residual add is folded
-        into the branch's last GEMM (:mod:`vitfer.layers.residual`)."""
-        fuse = not (self.training and isinstance(self.drop_path1, DropPath))
+        Where stochastic depth is inactive (eval, or ``drop_path=0``) and no forward hook watches
+        ``attn`` or ``mlp``, each residual add is folded into the branch's last GEMM
+        (:mod:`vitfer.layers.residual`)."""
+        fuse = not (self.training and isinstance(self.drop_path1, DropPath)) and not has_hooks(self.attn, self.mlp)
         if fuse:
             res = self.attn(self.norm1(x), attn_mask=attn_mask, return_attention=return_attention, residual=x)
             x, w = res if return_attention else (res, None)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .attention import _CHUNK_BYTES, check_attention_args, resolve_impl
 from .drop_path import DropPath
 from .mlp import Mlp
-from .residual import branch_output
+from .residual import branch_output, has_hooks
 
 __all__ = ["GPSA", "GPSABlock", "attention_distance", "grid_distances", "rel_indices"]
 
@@ -359,9 +359,9 @@ class GPSABlock(nn.Module):
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """With ``return_attention`` also returns the (B, H, N, N) mixed attention weights.
 
-        Where stochastic depth is inactive each residual add is folded into the branch's last GEMM
-        (:mod:`vitfer.layers.residual`)."""
-        if not (self.training and isinstance(self.drop_path, DropPath)):
+        Where stochastic depth is inactive and no forward hook watches ``attn`` or ``mlp``, each
+        residual add is folded into the branch's last GEMM (:mod:`vitfer.layers.residual`)."""
+        if not (self.training and isinstance(self.drop_path, DropPath)) and not has_hooks(self.attn, self.mlp):
             res = self.attn(self.norm1(x), return_attention=return_attention, residual=x)
             x, w = res if return_attention else (res, None)
             x = self.mlp(self.norm2(x), residual=x, inplace=True)  # x is this block's own tensor

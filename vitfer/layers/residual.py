@@ -21,13 +21,23 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["linear_residual", "branch_output", "activation", "no_grad_needed"]
+__all__ = ["linear_residual", "branch_output", "activation", "no_grad_needed", "has_hooks"]
 
 
 def no_grad_needed(*tensors: Tensor) -> bool:
     """True when autograd will not record an op on these tensors (grad mode off, or none of them
     requires grad), so that an in-place update is invisible to any backward."""
     return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+
+
+def has_hooks(*modules: nn.Module) -> bool:
+    """True when forward hooks (module-level or global) could observe these modules' outputs: a
+    block then runs its branches unfused, so that a hook on ``attn`` or ``mlp`` sees the branch
+    output and not the residual stream."""
+    g = nn.modules.module
+    if g._global_forward_hooks or g._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 def _fusable(x: Tensor, linear: nn.Linear, residual: Tensor) -> bool:
