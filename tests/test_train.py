@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from vitfer.train import FinetuneConfig, _lr_at, evaluate, finetune, param_groups
+from vitfer.train import FinetuneConfig, _build_model, _lr_at, evaluate, finetune, param_groups, patch_override
 
 
 def test_finetune_smoke_writes_checkpoint_and_metrics(tmp_path):
@@ -100,3 +100,31 @@ def test_finetune_runs_on_real_data(data_root, tmp_path, dataset, split):
     sizes = res["split_sizes"]
     assert sum(sizes.values()) == {"ckplus48": 981, "jaffe": 213}[dataset]
     assert res["test"]["n"] == sizes["test"] and len(res["classes"]) == 7
+
+
+@pytest.mark.parametrize(
+    "name,patch",
+    [
+        ("vit_tiny_patch16_224", 6),
+        ("convit_tiny", 6),
+        ("crossvit_tiny_240", (6, 8)),
+        ("vit_base_r50_s16_224", 1),  # one token per backbone feature cell, as built
+        ("resnet18d", None),
+        ("vgg16", None),
+    ],
+)
+def test_default_job_builds_every_family_at_48px(name, patch):
+    """The README's job with ``--model NAME`` and its defaults (48 px, patch 6) builds a model
+    of every family that runs on 48 px inputs (CrossViT needed a patch pair, the hybrid none)."""
+    model = _build_model(FinetuneConfig(model=name), 7)
+    assert getattr(getattr(model, "cfg", None), "patch_size", None) == patch
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 48, 48)).shape == (2, 7)
+
+
+def test_patch_override_per_family():
+    assert patch_override("vit", 8) == 8 and patch_override("convit", 6) == 6
+    assert patch_override("crossvit", 6) == (6, 8) and patch_override("crossvit", 12) == (12, 16)
+    assert patch_override("crossvit", 6, multi_conv=True) is None  # the dagger stem exists for 12/16 only
+    assert patch_override("vit_hybrid", 6) is None and patch_override("resnet", 6) is None
+    assert patch_override("vit", None) is None

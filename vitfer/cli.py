@@ -171,7 +171,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-folds", type=int, default=d.n_folds)
     p.add_argument("--val-size", type=float, default=d.val_size)
     p.add_argument("--img-size", type=int, default=d.img_size, help="input size; 0 = the model's pretrained size")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="patch override for transformers; 0 = keep")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="patch override for transformers (CrossViT: (p, 4p/3); ignored by the hybrid and dagger CrossViTs); 0 = keep")
     p.add_argument("--pretrained", default=None, help="'hub' (default weights), a checkpoint path or hf-hub:REPO")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -45,7 +45,7 @@ class FinetuneConfig:
     test_size: Optional[float] = None  # None: the dataset's default (the study's 200 / 70 images)
     val_size: float = 0.1  # fraction of the training side held out for model selection
     img_size: Optional[int] = 48  # None: the model's pretrained input size
-    patch_size: Optional[int] = 6  # patch override for transformers on small images (None: keep)
+    patch_size: Optional[int] = 6  # patch override for transformers on small images (None: keep; see patch_override)
     pretrained: Union[bool, str] = False
     model_overrides: dict[str, Any] = field(default_factory=dict)  # any other config field, e.g. depth
     epochs: int = 5
@@ -87,9 +87,24 @@ def build_dataset(cfg: FinetuneConfig):
     return load_dataset(cfg.dataset, root)
 
 
+def patch_override(family: str, patch: Optional[int], multi_conv: bool = False) -> Any:
+    """The ``patch_size`` override that ``FinetuneConfig.patch_size`` means for a family, or None
+    where the family keeps its own: ViT and ConViT take ``patch``; CrossViT takes ``(patch,
+    round(patch * 4 / 3))``, timm's 12:16 ratio between its branches, except the dagger variants
+    whose three-conv stem only exists for 12 and 16; the hybrid's patches count backbone feature
+    cells (its backbone already downsamples 16x) and CNNs have none."""
+    if patch is None:
+        return None
+    if family in ("vit", "convit"):
+        return patch
+    if family == "crossvit" and not multi_conv:
+        return (patch, max(1, round(patch * 4 / 3)))
+    return None
+
+
 def _build_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
     from vitfer.models import create_model, get_model_spec
-    from vitfer.weights.convert import import_family
+    from vitfer.weights.convert import default_config, import_family
 
     spec = get_model_spec(cfg.model)
     import_family(spec.family)
@@ -97,8 +112,10 @@ def _build_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
     fields = _config_fields(spec)
     if cfg.img_size is not None and "img_size" in fields:
         overrides["img_size"] = cfg.img_size
-    if cfg.patch_size is not None and "patch_size" in fields:
-        overrides["patch_size"] = cfg.patch_size
+    multi_conv = cfg.model_overrides.get("multi_conv", getattr(default_config(spec.name), "multi_conv", False))
+    patch = patch_override(spec.family, cfg.patch_size, multi_conv)
+    if patch is not None and "patch_size" in fields:
+        overrides["patch_size"] = patch
     if cfg.drop_path_rate and "drop_path_rate" in fields:
         overrides["drop_path_rate"] = cfg.drop_path_rate
     overrides.update(cfg.model_overrides)

@@ -294,3 +294,8 @@ def test_input_errors():
     assert m.img_size == (240, 240) and m.pos_embed_1.shape == (1, 197, 256)  # unchanged
     with pytest.raises(ValueError, match="two branches"):
         create_model("crossvit_tiny_240", patch_size=(12, 16, 20))
+
+
+def test_single_int_patch_size_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"patch_size is a pair"):
+        create_model("crossvit_tiny_240", patch_size=6)

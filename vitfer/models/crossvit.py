@@ -329,6 +329,10 @@ class CrossViT(VitferModel):
         super().__init__()
         self.model_name = name
         check_global_pool(cfg.global_pool)
+        if not isinstance(cfg.patch_size, (tuple, list)):
+            raise ValueError(
+                f"CrossViT's patch_size is a pair (branch 0, branch 1), e.g. (12, 16) or (6, 8); got {cfg.patch_size!r}"
+            )
         if not (len(cfg.patch_size) == len(cfg.embed_dim) == len(cfg.num_heads) == len(cfg.img_scale) == 2):
             raise ValueError(
                 f"CrossViT has two branches: patch_size {cfg.patch_size}, embed_dim {cfg.embed_dim}, "
