@@ -72,7 +72,7 @@ def _as_additive_mask(attn_mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 # Inference scratch (scores, gathered q/k/v, chunk outputs) is kept per thread between calls on
 # the CPU: a fresh multi-MiB buffer per layer comes from mmap and costs a page fault per 4 KiB
-# (measured: page faults are about a quarter of a ViT-Ti forward on this machine). Workspaces
+# (measured: 15-25% of a ViT-Ti forward on a 2-core EPYC; benchmarks/page_faults.py). Workspaces
 # larger than this are allocated per call instead of being kept.
 _SCRATCH_MAX_BYTES = 32 << 20
 _scratch = threading.local()
@@ -137,8 +137,8 @@ def _attend_chunk(a: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Ten
 def _inference_4d(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float) -> Tensor:
     """The hand-written inference path for (B, H, N, d) inputs.
 
-    Chunks of (image, head) pairs hold about ``_INFER_CHUNK_BYTES`` of scores, so that a chunk's scores
-    stay in the L2 cache, and are as large as that allows (batched GEMMs of a few matrices leave
+    Chunks of (image, head) pairs hold about ``_INFER_CHUNK_BYTES`` of scores, so that a chunk's
+    scores stay in cache between its three kernels, and are as large as that allows (batched GEMMs of a few matrices leave
     one of two cores idle: at N=197, 3 pairs run at ~0.8x the per-pair speed of 12). Where one
     image's heads fill a chunk (ViT-B: 12 heads), every chunk runs on strided views of q, k, v
     (views of a fused qkv projection are valid GEMM operands: no copies). Where they do not
