@@ -221,6 +221,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """
     from vitfer.data import build_transforms, make_split
     from vitfer.weights import save
+    from vitfer.weights.io import atomic_write_text
 
     if cfg.optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
@@ -331,9 +332,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "checkpoint": str(ckpt),
         "seconds": time.perf_counter() - t_start,
     }
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out_dir / "metrics.json")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
     _logger.info(
         "test accuracy %.3f on %d images (best epoch %s); checkpoint %s", test["accuracy"], test["n"],
         result["best_epoch"], ckpt,

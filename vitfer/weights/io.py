@@ -23,7 +23,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 import safetensors
@@ -36,6 +36,8 @@ from .errors import CheckpointError
 __all__ = [
     "TORCH_SUFFIXES",
     "atomic_save_safetensors",
+    "atomic_write",
+    "atomic_write_text",
     "read_checkpoint",
     "read_safetensors_metadata",
     "sha256_file",
@@ -233,23 +235,18 @@ def _cleanup_stale_temps(path: Path, max_age_s: float = 3600.0) -> None:
             pass
 
 
-def atomic_save_safetensors(
-    tensors: Mapping[str, Tensor], path: PathLike, metadata: Optional[Mapping[str, str]] = None
-) -> Path:
-    """Write ``tensors`` to ``path`` as safetensors, atomically (temp file, fsync, ``os.replace``).
-
-    On any error the temporary file is removed and a previous file at ``path`` is left untouched.
-    """
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
+    """Create or replace ``path`` atomically: ``write(tmp)`` fills a temporary file in the same
+    folder, which is fsync'ed, made 0644 and moved into place with ``os.replace`` (then the folder
+    is fsync'ed, best effort). On any error the temporary file is removed and a previous file at
+    ``path`` is left untouched."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     _cleanup_stale_temps(path)
-    prepared = _prepare_for_safetensors(tensors)
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     os.close(fd)
     try:
-        # Looked up at call time so that tests can make it fail mid-write.
-        safetensors.torch.save_file(prepared, tmp, metadata=meta)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -269,3 +266,21 @@ def atomic_save_safetensors(
     except OSError:
         pass
     return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text file."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_save_safetensors(
+    tensors: Mapping[str, Tensor], path: PathLike, metadata: Optional[Mapping[str, str]] = None
+) -> Path:
+    """Write ``tensors`` to ``path`` as safetensors, atomically (:func:`atomic_write`).
+
+    On any error the temporary file is removed and a previous file at ``path`` is left untouched.
+    """
+    prepared = _prepare_for_safetensors(tensors)
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    # save_file is looked up at call time so that tests can make it fail mid-write.
+    return atomic_write(path, lambda tmp: safetensors.torch.save_file(prepared, tmp, metadata=meta))

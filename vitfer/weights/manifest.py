@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from .convert import FAMILIES, ORIGINAL_RELEASES, import_all_families
 from .hub import HUB_FILENAMES
+from .io import atomic_write_text
 
 __all__ = ["MANIFEST_SCHEMA", "build_manifest", "read_manifest", "update_manifest_entry", "write_manifest"]
 
@@ -33,24 +33,7 @@ def read_manifest(path: PathLike) -> dict[str, Any]:
 
 def write_manifest(manifest: Mapping[str, Any], path: PathLike) -> Path:
     """Write ``manifest`` as sorted, indented JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def build_manifest(existing: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
