@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
-    speed._import_families()
 
     rows = []
     t0 = time.time()

@@ -33,12 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import timm
 
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from speed import _import_families  # noqa: E402
-
-    from vitfer.models import create_model, get_model_spec
-
-    _import_families()
+    from vitfer.models import create_model, get_model_spec  # registers every family
     print("| model | side | minor faults / forward | ms / forward |")
     print("|---|---|---|---|")
     for name in args.models:

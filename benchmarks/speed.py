@@ -16,7 +16,6 @@ default fused one (``TIMM_FUSED_ATTN`` unset).
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import sys
 import time
@@ -25,17 +24,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-
-FAMILY_MODULES = ("vit", "convit", "crossvit", "vit_hybrid", "resnet", "vgg")
-
-
-def _import_families() -> None:
-    for fam in FAMILY_MODULES:
-        try:
-            importlib.import_module(f"vitfer.models.{fam}")
-        except ModuleNotFoundError as e:  # a family not written yet
-            if e.name != f"vitfer.models.{fam}":
-                raise
 
 
 def _sync(device: torch.device) -> None:
@@ -159,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    _import_families()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, amp {args.amp}",
           file=sys.stderr)
     rows = []
