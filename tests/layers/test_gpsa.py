@@ -183,3 +183,23 @@ def test_compiles_without_graph_breaks():
     x = torch.randn(2, 49, 192)
     with torch.no_grad():
         assert_close(compiled(x), ours(x), 1e-6, "compiled")
+
+
+def test_head_groups_that_do_not_divide_the_heads(monkeypatch):
+    """5 heads in groups of at most 3 (3 + 2): same forward and gradients as one group."""
+    import vitfer.layers.gpsa as gpsa_mod
+
+    torch.manual_seed(0)
+    m = GPSA(40, 5, (14, 14)).eval()
+    with torch.no_grad():
+        m.gating_param.copy_(torch.linspace(-2.0, 2.0, 5))
+    x = torch.randn(2, 196, 40)
+    xa = x.clone().requires_grad_()
+    ref = m(xa)
+    ref.sum().backward()
+    monkeypatch.setattr(gpsa_mod, "_CHUNK_BYTES", 3 * 196 * 196 * 4)
+    xb = x.clone().requires_grad_()
+    out = m(xb)
+    out.sum().backward()
+    assert_close(out, ref, 1e-6, "grouped forward")
+    assert_close(xb.grad, xa.grad, 1e-6, "grouped input gradient")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import _CHUNK_BYTES, check_attention_args, resolve_impl
+from .attention import _CHUNK_BYTES, _balanced, check_attention_args, resolve_impl
 from .drop_path import DropPath
 from .mlp import Mlp
 from .residual import branch_output, has_hooks
@@ -101,10 +101,6 @@ def attention_distance(weights: Tensor, distances: Optional[Tensor] = None) -> T
 _GROUP_MIN = 8
 
 
-def _divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
-
 def _mix(a: Tensor, pos: Tensor, gate: Tensor, inplace: bool) -> Tensor:
     """``(1 - g) a + g P`` as one kernel, ``a + g (P - a)``; ``pos``/``gate`` broadcast against ``a``."""
     return a.lerp_(pos, gate) if inplace else torch.lerp(a, pos, gate)
@@ -169,7 +165,7 @@ def _gated_attention_manual(
             outs.append(torch.bmm(a, vc))
         out = (outs[0] if len(outs) == 1 else torch.cat(outs)).view(B, H, N, d).transpose(1, 2).reshape(B, N, C)
     else:
-        hc = _divisor_at_most(H, max(1, _CHUNK_BYTES // (N * N * qk.element_size())))  # heads per chunk
+        hc = _balanced(H, _CHUNK_BYTES // (N * N * qk.element_size()))  # heads per chunk
         zero = qk.new_zeros(1, 1, 1).expand(hc, N, N)
         poss, gates = pos.split(hc), gate.split(hc)
         outs = []
@@ -177,7 +173,7 @@ def _gated_attention_manual(
             q_b, k_b = (t.transpose(0, 1) for t in qk_b.unbind(1))  # (H, N, d) strided views
             parts = []
             for j, (qc, kc, vc) in enumerate(zip(q_b.split(hc), k_b.split(hc), v_b.transpose(0, 1).split(hc))):
-                a = torch.baddbmm(zero, qc, kc.transpose(1, 2), beta=0.0, alpha=scale).softmax(dim=-1)
+                a = torch.baddbmm(zero[: qc.shape[0]], qc, kc.transpose(1, 2), beta=0.0, alpha=scale).softmax(dim=-1)
                 a = _mix(a, poss[j], gates[j], inplace)
                 if dropout_p > 0.0:
                     a = F.dropout(a, p=dropout_p, training=True)
