@@ -6,7 +6,7 @@
     python benchmarks/gpu_checks.py --device cpu --models vit_tiny_patch16_224   # dry run of the script
 
 1. parity: vitfer vs timm on the device, same weights, fp32 (TF32 off), eval: logits and
-   ``forward_features`` within ``1e-4 * max(1, max|ref|)`` (REFERENCE.md section 4).
+   ``forward_features`` within ``1e-4 * max(1, max|ref|)`` (the fp32 parity bound of tests/parity.py).
 2. dispatch: with ``impl="auto"`` every attention layer calls PyTorch's fused SDPA on CUDA tensors
    and never the hand-written path (counted by wrapping both).
 3. bf16: under ``torch.autocast(bfloat16)`` the forward and one backward run, are finite, and the

@@ -78,10 +78,10 @@ def test_convert_from_npz_file(tmp_path, timm_sd, capsys):
 
 def test_convert_errors(tmp_path, capsys):
     with offline_env(tmp_path):
-        assert main(["convert", "--model", NAME, "--out", str(tmp_path / "o")]) == 1
+        assert main(["convert", "--model", NAME, "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
         assert "not available" in err and HUB_ID in err
-    assert main(["convert", "--model", "vit_tiniest", "--out", str(tmp_path)]) == 1
+    assert main(["convert", "--model", "vit_tiniest", "--out", str(tmp_path)]) == 2
     assert "unknown model 'vit_tiniest'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["convert", "--out", str(tmp_path)])  # --model is required

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -154,38 +155,86 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
 
 
 # -- finetune -----------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _size(text: str) -> Any:
+    """--img-size / --patch-size: 'auto', 0 (the model's own) or a positive int."""
+    if text == "auto":
+        return "auto"
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 0 or a positive integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 0 or a positive integer, got {v}")
+    return v or None
+
+
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from vitfer.train import FinetuneConfig
+    from vitfer.train import AMP_MODES, DATASET_KINDS, OPTIMIZERS, SPLIT_KINDS, FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser(
         "finetune",
         help="fine-tune a model on FER data (default: the built-in synthetic faces)",
-        description="Fine-tune a model; writes OUT/model.safetensors (best epoch) and OUT/metrics.json.",
+        description="Fine-tune a model. Writes a run folder (--out, default a new runs/<model>-<dataset>-<time>): "
+        "config.json, metrics.jsonl (per epoch), model.safetensors (best epoch on the validation part) and "
+        "metrics.json (test accuracy, UAR, macro-F1, per-class accuracy, confusion matrix).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=d.model, help=f"registered model name (default {d.model})")
-    p.add_argument("--dataset", default=d.dataset, choices=("synthetic", "ckplus48", "jaffe", "folder"))
-    p.add_argument("--data-dir", default=None, help="dataset folder (default for ckplus48/jaffe: $VITFER_DATA_DIR)")
-    p.add_argument("--split", default=d.split, choices=("random", "subject", "kfold", "subject-kfold"))
-    p.add_argument("--fold", type=int, default=d.fold)
-    p.add_argument("--n-folds", type=int, default=d.n_folds)
-    p.add_argument("--val-size", type=float, default=d.val_size)
-    p.add_argument("--img-size", type=int, default=d.img_size, help="input size; 0 = the model's pretrained size")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="patch override for transformers (CrossViT: (p, 4p/3); ignored by the hybrid and dagger CrossViTs); 0 = keep")
-    p.add_argument("--pretrained", default=None, help="'hub' (default weights), a checkpoint path or hf-hub:REPO")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--optimizer", default=d.optimizer, choices=("adamw", "sgd"))
+    p.add_argument("--model", default=d.model, help="registered model name (`vitfer models`), or timm-style NAME.TAG")
+    p.add_argument("--dataset", default=d.dataset, choices=DATASET_KINDS,
+                   help="synthetic = the built-in drawn faces (no files needed)")
+    p.add_argument("--data-dir", default=None,
+                   help="dataset folder (ckplus48/jaffe: default $VITFER_DATA_DIR; folder: required)")
+    p.add_argument("--split", default=d.split, choices=SPLIT_KINDS,
+                   help="random (the study's), subject (no person on both sides), kfold, subject-kfold")
+    p.add_argument("--fold", type=int, default=d.fold, help="test fold of the k-fold splits (0 .. n-folds - 1)")
+    p.add_argument("--n-folds", type=int, default=d.n_folds, help="folds of the k-fold splits")
+    p.add_argument("--val-size", type=float, default=d.val_size,
+                   help="fraction of the training side held out to pick the best epoch (0: none, keep the last)")
+    p.add_argument("--img-size", type=_size, default=d.img_size,
+                   help="input size; auto = 48 from scratch, the model's own with --pretrained; 0 = the model's own")
+    p.add_argument("--patch-size", type=_size, default=d.patch_size,
+                   help="patch size of transformers (CrossViT: (p, 4p/3); the hybrid and dagger CrossViTs keep "
+                   "theirs); auto = 6 from scratch, the model's own with --pretrained; 0 = the model's own")
+    p.add_argument("--pretrained", default=None,
+                   help="start from pretrained weights: 'hub' (the model's default weights), a checkpoint file, "
+                   "or hf-hub:REPO[@REV]")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimiser step")
+    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimiser (sgd: momentum 0.9)")
     p.add_argument("--lr", type=float, default=None, help="peak lr (default: 1e-3 for CNNs, 1e-4 for transformers)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="decoupled weight decay (none on biases, norms, tokens, position embeddings)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="linear warm-up steps (at most a fifth of the run) before the cosine decay")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="in [0, 1)")
     p.add_argument("--synthetic-n", type=int, default=d.synthetic_n, help="number of synthetic faces")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--amp", default=d.amp, choices=("none", "bf16"))
-    p.add_argument("--out", default=d.out_dir, help=f"output folder (default {d.out_dir})")
+    p.add_argument("--seed", type=int, default=d.seed, help="fixes the split, the initialisation and the augmentation")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="mixed precision (bf16 autocast)")
+    p.add_argument("--out", default=None, help="run folder (default: a new runs/<model>-<dataset>-<date>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.set_defaults(func=_cmd_finetune)
+
+
+def _format_metrics(test: dict[str, Any]) -> list[str]:
+    lines = [f"test accuracy {100 * test['accuracy']:.1f}%  UAR {100 * test['uar']:.1f}%  "
+             f"macro-F1 {100 * test['macro_f1']:.1f}%  ({test['n']} images); per class:"]
+    support = test.get("support", {})
+    for cls, acc in test["per_class_accuracy"].items():
+        shown = "    -" if acc is None else f"{100 * acc:5.1f}%"
+        lines.append(f"  {cls:<10} {shown}  ({support.get(cls, '?')} images)")
+    return lines
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -196,53 +245,53 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         pretrained = True if args.pretrained == "hub" else args.pretrained
     cfg = FinetuneConfig(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, split=args.split, fold=args.fold,
-        n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size or None,
-        patch_size=args.patch_size or None, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
+        n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size,
+        patch_size=args.patch_size, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         label_smoothing=args.label_smoothing, synthetic_n=args.synthetic_n, seed=args.seed, device=args.device,
-        amp=args.amp, out_dir=args.out,
+        amp=args.amp, out_dir=args.out, overwrite=args.overwrite,
     )
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("vitfer.train", "vitfer.data.synthetic"):
-        lg = logging.getLogger(name)
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
-        lg.propagate = False
+    _progress_to_stdout("vitfer.train", "vitfer.data")
     res = finetune(cfg)
-    test = res["test"]
-    print(f"test accuracy {100 * test['accuracy']:.1f}% ({test['n']} images), per class:")
-    for cls, acc in test["per_class_accuracy"].items():
-        print(f"  {cls:<10} {100 * acc:5.1f}%")
+    for line in _format_metrics(res["test"]):
+        print(line)
+    print(f"run folder: {res['out_dir']}")
     print(f"checkpoint: {res['checkpoint']}  (vitfer predict {res['checkpoint']} IMAGE...)")
     return 0
 
 
 # -- predict ------------------------------------------------------------------------------------
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="classify images with a fine-tuned checkpoint")
+    p = sub.add_parser("predict", help="classify images with a fine-tuned checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint written by vitfer finetune / vitfer.save")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--top", type=int, default=3, help="classes to show per image")
+    p.add_argument("--top", type=_positive_int, default=3, help="classes to show per image")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    """Every readable image is classified and printed; an unreadable one gets an error line on
+    stderr (and an ``error`` record with --json); the exit status is 1 when any image failed."""
     import torch
 
     import vitfer
-    from vitfer.data import build_transforms, image_to_tensor, load_image
+    from vitfer.data import DatasetError, build_transforms, image_to_tensor, load_image
 
     model = vitfer.load(args.checkpoint)
     names = list(getattr(model, "class_names", None) or range(model.num_classes))
     tf = build_transforms(model.pretrained_cfg, train=False)
-    out = []
+    out, failed = [], 0
     for path in args.images:
-        x = image_to_tensor(load_image(path)).float() / 255.0
-        if x.shape[0] == 1:
-            x = x.expand(3, -1, -1)
-        with torch.no_grad():
+        try:
+            x = image_to_tensor(load_image(path)).float() / 255.0
+        except (DatasetError, OSError) as e:
+            failed += 1
+            print(f"vitfer predict: error: {e}", file=sys.stderr)
+            out.append({"image": path, "error": str(e)})
+            continue
+        with torch.inference_mode():
             probs = model(tf(x).unsqueeze(0)).softmax(-1)[0]
         top = probs.topk(min(args.top, probs.numel()))
         out.append({"image": path, "top": [(str(names[i]), p) for p, i in zip(top.values.tolist(), top.indices.tolist())]})
@@ -250,8 +299,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         for r in out:
-            print(r["image"] + ": " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in r["top"]))
-    return 0
+            if "top" in r:
+                print(r["image"] + ": " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in r["top"]))
+    return 1 if failed else 0
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -270,20 +320,96 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``vitfer`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+class _StdHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stdout`` / ``sys.stderr`` is at the time of the
+    record (tests and embedding programs swap them between calls)."""
+
+    def __init__(self, which: str) -> None:
+        super().__init__()
+        self._which = which
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return getattr(sys, self._which)
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+_HANDLERS: dict[str, _StdHandler] = {}
+_PROGRESS_LOGGERS: list[str] = []
+
+
+def _handler(which: str, fmt: str, level: int) -> _StdHandler:
+    """One handler per stream for the whole process, so that calling :func:`main` again does not
+    print every line twice."""
+    h = _HANDLERS.get(which)
+    if h is None:
+        h = _HANDLERS[which] = _StdHandler(which)
+        if which == "stdout":
+            h.addFilter(lambda r: r.levelno < logging.WARNING)
+    h.setFormatter(logging.Formatter(fmt))
+    h.setLevel(level)
+    return h
+
+
+def _setup_logging(verbose: int) -> None:
+    """vitfer's warnings (with -v also its info, -vv debug lines) on stderr, one line each."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    fmt = "%(levelname)s %(name)s: %(message)s" if verbose else "warning: %(message)s"
+    root = logging.getLogger("vitfer")
+    h = _handler("stderr", fmt, level)
+    if h not in root.handlers:
+        root.addHandler(h)
+    root.setLevel(min(level, logging.INFO))
+    out = _HANDLERS.get("stdout")
+    while _PROGRESS_LOGGERS:
+        logging.getLogger(_PROGRESS_LOGGERS.pop()).removeHandler(out)
+
+
+def _progress_to_stdout(*loggers: str) -> None:
+    """Show the INFO lines of these loggers (a command's progress) on stdout, as bare messages."""
+    h = _handler("stdout", "%(message)s", logging.INFO)
+    for name in loggers:
+        logging.getLogger(name).addHandler(h)
+        _PROGRESS_LOGGERS.append(name)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one line, without the source location (``warning: <message>``)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _vitfer_errors() -> tuple[type[BaseException], ...]:
+    from vitfer.train import TrainingError
     from vitfer.weights.errors import CheckpointError
 
-    try:
-        return int(args.func(args) or 0)
-    except (CheckpointError, KeyError, TypeError, ValueError, OSError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"vitfer {args.command}: error: {msg}", file=sys.stderr)
-        return 1
+    return (CheckpointError, TrainingError, KeyError, TypeError, ValueError, OSError)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``vitfer`` command; returns the exit status: 0 success, 2 a bad argument or any
+    error vitfer reports (one line on stderr, no traceback), 1 a command that partly failed
+    (``predict`` with an unreadable image)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except _vitfer_errors() as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            print(f"vitfer {args.command}: error: {msg}", file=sys.stderr)
+            if args.verbose > 1:
+                import traceback
+
+                traceback.print_exc()
+            return 2
+        except KeyboardInterrupt:
+            print(f"vitfer {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

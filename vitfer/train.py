@@ -25,27 +25,54 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-__all__ = ["FinetuneConfig", "build_dataset", "evaluate", "finetune", "param_groups"]
+__all__ = [
+    "FinetuneConfig", "RunFolderError", "TrainingError", "build_dataset", "classification_metrics", "evaluate",
+    "finetune", "param_groups",
+]
 
 _logger = logging.getLogger(__name__)
 
 DATASET_KINDS = ("synthetic", "ckplus48", "jaffe", "folder")
+SPLIT_KINDS = ("random", "subject", "kfold", "subject-kfold")
+OPTIMIZERS = ("adamw", "sgd")
+AMP_MODES = ("none", "bf16")
+AUTO = "auto"
+#: Sizes of the from-scratch job (``img_size`` / ``patch_size`` = "auto" without pretrained weights).
+SCRATCH_IMG_SIZE, SCRATCH_PATCH_SIZE = 48, 6
+#: The files that make up a run folder; a folder holding any of them belongs to a run.
+RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names the epoch and step."""
+
+
+class RunFolderError(ValueError):
+    """The output folder already holds another run (pass ``overwrite=True`` / ``--overwrite``)."""
 
 
 @dataclass
 class FinetuneConfig:
-    """Everything a fine-tuning run depends on (saved into ``metrics.json``)."""
+    """Everything a fine-tuning run depends on (saved into the run folder's ``config.json`` and
+    ``metrics.json``). Checked when built (and again by :func:`finetune`): a bad value raises a
+    ``ValueError`` that names the field.
+
+    ``img_size`` and ``patch_size`` default to ``"auto"``: from scratch that is 48 px with 6-px
+    patches (a size a CPU trains in minutes), with ``pretrained`` weights the model's own input
+    size and patch size (the study fine-tuned at 224 / 240 / 384), since pretrained
+    patch-embedding weights only fit their own patch size. ``None`` always means the model's own.
+    """
 
     model: str = "resnet18d"  # from scratch on a CPU; transformers need pretrained weights or long runs
     dataset: str = "synthetic"  # synthetic | ckplus48 | jaffe | folder
-    data_dir: Optional[str] = None  # dataset folder (default: $VITFER_DATA_DIR for ckplus48/jaffe)
+    data_dir: Optional[str] = None  # dataset folder (ckplus48/jaffe default: $VITFER_DATA_DIR; folder: required)
     split: str = "random"  # random | subject | kfold | subject-kfold
     fold: int = 0
     n_folds: int = 5
     test_size: Optional[float] = None  # None: the dataset's default (the study's 200 / 70 images)
     val_size: float = 0.1  # fraction of the training side held out for model selection
-    img_size: Optional[int] = 48  # None: the model's pretrained input size
-    patch_size: Optional[int] = 6  # patch override for transformers on small images (None: keep; see patch_override)
+    img_size: Union[int, str, None] = AUTO  # "auto": 48 from scratch, the model's own when pretrained; None: own
+    patch_size: Union[int, str, None] = AUTO  # "auto": 6 from scratch (transformers), own when pretrained; None: own
     pretrained: Union[bool, str] = False
     model_overrides: dict[str, Any] = field(default_factory=dict)  # any other config field, e.g. depth
     epochs: int = 5
@@ -62,26 +89,95 @@ class FinetuneConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "none"  # none | bf16
     num_workers: int = 0
-    out_dir: str = "runs/finetune"
+    out_dir: Optional[str] = None  # None: a new folder runs/<model>-<dataset>-<date>-<time>
+    overwrite: bool = False  # replace a previous run in out_dir (else that is an error)
     max_steps: Optional[int] = None  # stop early after this many optimiser steps (smoke tests)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field (see the class docstring)."""
+
+        def bad(field_name: str, want: str) -> ValueError:
+            return ValueError(f"{field_name} must be {want}, got {getattr(self, field_name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name, choices in (("dataset", DATASET_KINDS), ("split", SPLIT_KINDS), ("optimizer", OPTIMIZERS),
+                              ("amp", AMP_MODES)):
+            if getattr(self, name) not in choices:
+                raise bad(name, "one of " + ", ".join(choices))
+        for name in ("img_size", "patch_size"):
+            v = getattr(self, name)
+            if not (v is None or v == AUTO or (is_int(v) and v >= 1)):
+                raise bad(name, "a positive int, 'auto' or None (the model's own)")
+        for name in ("epochs", "batch_size", "n_folds", "synthetic_n"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "an int >= 1")
+        if self.split in ("kfold", "subject-kfold"):
+            if self.n_folds < 2:
+                raise bad("n_folds", f"at least 2 for split {self.split!r}")
+            if not is_int(self.fold) or not 0 <= self.fold < self.n_folds:
+                raise bad("fold", f"in 0..{self.n_folds - 1} (n_folds={self.n_folds})")
+        if not 0.0 <= self.val_size < 1.0 and not (is_int(self.val_size) and self.val_size >= 1):
+            raise bad("val_size", "a fraction in [0, 1) or a count")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a positive finite number")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", ">= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise bad("label_smoothing", "in [0, 1)")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise bad("drop_path_rate", "in [0, 1)")
+        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
+            raise bad("warmup_steps", "an int >= 0")
+        if not is_int(self.num_workers) or self.num_workers < 0:
+            raise bad("num_workers", "an int >= 0")
+        if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < 1):
+            raise bad("max_steps", "None or an int >= 1")
+        if self.dataset == "folder" and not self.data_dir:
+            raise ValueError("dataset 'folder' needs its folder: data_dir (--data-dir DIR), a folder of class sub-folders")
+        _device(self.device)
+
+    def sizes(self) -> tuple[Optional[int], Optional[int]]:
+        """``(img_size, patch_size)`` with ``"auto"`` resolved (None: the model's own)."""
+        img = self.img_size if self.img_size != AUTO else (None if self.pretrained else SCRATCH_IMG_SIZE)
+        patch = self.patch_size if self.patch_size != AUTO else (None if self.pretrained else SCRATCH_PATCH_SIZE)
+        return img, patch  # type: ignore[return-value]
 
 
 def _device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when there is a GPU, else the CPU) or a torch device string; an unknown
+    device or CUDA on a machine without it is a ``ValueError``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def build_dataset(cfg: FinetuneConfig):
     """The full (untransformed) dataset of a run."""
     from vitfer.data import SyntheticFaces, load_dataset
 
-    if cfg.dataset not in DATASET_KINDS:
-        raise ValueError(f"dataset must be one of {DATASET_KINDS}, got {cfg.dataset!r}")
+    cfg.validate()
     if cfg.dataset == "synthetic":
-        size = cfg.img_size or 64
+        size = cfg.sizes()[0] or 64
         return SyntheticFaces(n=cfg.synthetic_n, image_size=max(16, size), seed=cfg.seed)
-    root = cfg.data_dir or os.environ.get("VITFER_DATA_DIR")
+    root = cfg.data_dir
+    if not root and cfg.dataset in ("ckplus48", "jaffe"):
+        root = os.environ.get("VITFER_DATA_DIR")
     if not root:
         raise ValueError(f"dataset {cfg.dataset!r} needs a folder: pass data_dir (--data-dir) or set VITFER_DATA_DIR")
     return load_dataset(cfg.dataset, root)
@@ -108,24 +204,33 @@ def _build_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
 
     spec = get_model_spec(cfg.model)
     import_family(spec.family)
+    img_size, patch_size = cfg.sizes()
     overrides: dict[str, Any] = {"num_classes": num_classes}
     fields = _config_fields(spec)
-    if cfg.img_size is not None and "img_size" in fields:
-        overrides["img_size"] = cfg.img_size
+    if img_size is not None and "img_size" in fields:
+        overrides["img_size"] = img_size
     multi_conv = cfg.model_overrides.get("multi_conv", getattr(default_config(spec.name), "multi_conv", False))
-    patch = patch_override(spec.family, cfg.patch_size, multi_conv)
+    patch = patch_override(spec.family, patch_size, multi_conv)
     if patch is not None and "patch_size" in fields:
         overrides["patch_size"] = patch
     if cfg.drop_path_rate and "drop_path_rate" in fields:
         overrides["drop_path_rate"] = cfg.drop_path_rate
     overrides.update(cfg.model_overrides)
     if cfg.pretrained and "patch_size" in overrides:
-        raise ValueError("a patch_size override cannot take pretrained patch-embedding weights; pass patch_size=None")
-    model = create_model(spec.name, pretrained=cfg.pretrained, **overrides)
-    if cfg.img_size is not None and "img_size" not in fields and model.pretrained_cfg:
-        # CNNs take any input size: train and evaluate at the requested one.
-        c = model.pretrained_cfg.get("input_size", (3,))[0]
-        model.pretrained_cfg["input_size"] = (c, cfg.img_size, cfg.img_size)
+        raise ValueError(
+            f"patch_size={overrides['patch_size']!r} cannot take {spec.name}'s pretrained patch-embedding weights, "
+            f"which only fit the model's own patch size: leave patch_size at 'auto' or None (on the command line "
+            f"leave out --patch-size, or pass --patch-size 0)"
+        )
+    # A timm-style "arch.tag" name keeps its tag: the pretrained weights are that tag's.
+    model = create_model(cfg.model, pretrained=cfg.pretrained, **overrides)
+    pcfg = model.pretrained_cfg
+    if pcfg:
+        c = int(getattr(model, "in_chans", pcfg.get("input_size", (3,))[0]))
+        h, w = pcfg.get("input_size", (3, 224, 224))[1:]
+        if img_size is not None and "img_size" not in fields:
+            h = w = img_size  # CNNs take any input size: train and evaluate at the requested one.
+        pcfg["input_size"] = (c, h, w)
     return model
 
 
@@ -139,7 +244,7 @@ def _config_fields(spec) -> set[str]:
 def default_lr(model: nn.Module) -> float:
     """Peak AdamW learning rate when none is given: 1e-3 for CNNs, 1e-4 for transformers.
 
-    Measured on CK+48 from scratch (MEASURED.md): small ViT / ConViT stay at chance at 3e-4 and
+    Measured on CK+48 from scratch on a 2-core CPU: small ViT / ConViT stay at chance at 3e-4 and
     above without long warm-up, and learn at 1e-4; ResNets learn fast at 1e-3.
     """
     from vitfer.models import get_model_spec
@@ -170,14 +275,50 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
+def classification_metrics(confusion: Sequence[Sequence[int]], classes: Optional[Sequence[Any]] = None) -> dict[str, Any]:
+    """The metrics FER papers report, from a confusion matrix (rows: true class, columns: predicted).
+
+    Returns ``accuracy``, ``uar`` (unweighted average recall: the mean of the per-class recalls
+    over the classes that have test images), ``macro_f1`` (the mean F1 over the classes that
+    occur as truth or prediction; a class with predictions but no images counts with F1 = 0),
+    ``per_class_accuracy`` (= recall; ``None`` for a class with no test images: absent, not a
+    failure), ``support`` per class, ``n`` and the ``confusion`` matrix itself.
+    """
+    conf = torch.as_tensor(confusion, dtype=torch.long)
+    if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
+        raise ValueError(f"confusion must be a square matrix, got shape {tuple(conf.shape)}")
+    n_cls = conf.shape[0]
+    names = list(classes) if classes is not None else list(range(n_cls))
+    support, predicted, hits = conf.sum(1).tolist(), conf.sum(0).tolist(), conf.diag().tolist()
+    n = sum(support)
+    if n == 0:
+        raise ValueError("cannot compute metrics of an empty confusion matrix")
+    recall = [h / s if s else None for h, s in zip(hits, support)]
+    f1s = []
+    for h, s, p in zip(hits, support, predicted):
+        if s or p:
+            f1s.append(2 * h / (s + p))  # = 2PR / (P + R)
+    present = [r for r in recall if r is not None]
+    return {
+        "accuracy": sum(hits) / n,
+        "uar": sum(present) / len(present),
+        "macro_f1": sum(f1s) / len(f1s),
+        "n": n,
+        "per_class_accuracy": dict(zip(names, recall)),
+        "support": dict(zip(names, support)),
+        "confusion": conf.tolist(),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset, *, batch_size: int = 64, device: Union[str, torch.device] = "cpu",
     num_classes: Optional[int] = None, amp: str = "none",
 ) -> dict[str, Any]:
-    """Accuracy, mean loss, per-class accuracy and confusion matrix (rows: true class).
+    """Accuracy, UAR, macro-F1, mean loss, per-class accuracy and confusion matrix (rows: true
+    class); see :func:`classification_metrics`.
 
-    ``dataset`` yields (image (3, H, W), label); it must carry its eval transform.
+    ``dataset`` yields (image (C, H, W), label); it must carry its eval transform.
     """
     device = torch.device(device)
     model.eval()
@@ -195,14 +336,9 @@ def evaluate(
         n += y.numel()
     if n == 0:
         raise ValueError("cannot evaluate on an empty dataset")
-    per_class = (conf.diag().float() / conf.sum(1).clamp(min=1).float()).tolist()
-    return {
-        "accuracy": conf.diag().sum().item() / n,
-        "loss": loss_sum / n,
-        "n": n,
-        "per_class_accuracy": dict(zip(getattr(dataset, "classes", range(n_cls)), per_class)),
-        "confusion": conf.tolist(),
-    }
+    res = classification_metrics(conf, getattr(dataset, "classes", None) or range(n_cls))
+    res["loss"] = loss_sum / n
+    return res
 
 
 def _autocast(device: torch.device, amp: str):
@@ -213,20 +349,75 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, enabled=False)
 
 
+def default_out_dir(cfg: FinetuneConfig, root: Union[str, os.PathLike] = "runs") -> Path:
+    """A new folder ``runs/<model>-<dataset>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... if taken)."""
+    stem = f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}".replace(os.sep, "_")
+    out, k = Path(root) / stem, 2
+    while out.exists():
+        out, k = Path(root) / f"{stem}-{k}", k + 1
+    return out
+
+
+def versions() -> dict[str, str]:
+    """Versions of vitfer and the libraries a run's numbers depend on."""
+    import numpy
+    import PIL
+
+    import vitfer
+
+    return {"vitfer": vitfer.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "pillow": PIL.__version__}
+
+
+def prepare_run_folder(out_dir: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+    """Make ``out_dir`` ready for a new run.
+
+    A folder that holds another run's files (:data:`RUN_FILES`) is an error unless ``overwrite``,
+    which deletes those files first, so that the folder never mixes files of two runs (a run that
+    fails later leaves only its own files, its ``config.json`` saying that it failed).
+    """
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"output folder {out} is a file")
+    found = [f for f in RUN_FILES if (out / f).exists()]
+    if found:
+        if not overwrite:
+            what = ""
+            try:
+                old = json.loads((out / "config.json").read_text())
+                what = f" ({old['config']['model']} on {old['config']['dataset']}, {old.get('status', '?')})"
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            raise RunFolderError(
+                f"output folder {out} already holds a run{what}: {', '.join(found)}; pass --overwrite "
+                f"(overwrite=True) to replace it, or choose another --out"
+            )
+        for f in found:
+            (out / f).unlink()
+        _logger.info("replacing the previous run in %s", out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset``; returns (and writes) the run's metrics.
 
-    Writes ``<out_dir>/model.safetensors`` (best epoch, self-describing) and
-    ``<out_dir>/metrics.json``.
+    The run folder (``cfg.out_dir``, default a new ``runs/<model>-<dataset>-<time>``) gets
+    ``config.json`` (the config, library versions and the run's status: running / finished /
+    failed), ``metrics.jsonl`` (one line an epoch, as it happens), ``model.safetensors`` (best
+    epoch, self-describing) and ``metrics.json`` (the history and the test metrics). The data and
+    split are checked before anything is written.
+
+    Raises:
+        ValueError: a bad config, dataset or split (named); :class:`RunFolderError` when the
+            folder holds another run and ``overwrite`` is off.
+        TrainingError: the loss became non-finite (epoch and step named); the checkpoint of the
+            last good epoch stays in place.
     """
     from vitfer.data import build_transforms, make_split
-    from vitfer.weights import save
     from vitfer.weights.io import atomic_write_text
 
-    if cfg.optimizer not in ("adamw", "sgd"):
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"need epochs >= 1 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
+    cfg.validate()
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
     t_start = time.perf_counter()
@@ -235,18 +426,48 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         data, cfg.split, seed=cfg.seed, test_size=cfg.test_size, val_size=cfg.val_size,
         n_folds=cfg.n_folds, fold=cfg.fold,
     )
+    for part in ("train", "test"):
+        if not split[part]:
+            raise ValueError(f"the {cfg.split} split of {cfg.dataset} ({len(data)} images) leaves no {part} images")
     model = _build_model(cfg, data.num_classes).to(device)
     pcfg = model.pretrained_cfg
+    if getattr(data, "face_cropped", False):
+        # Face crops (CK+48, JAFFE, synthetic): ImageNet's centre-crop margin would cut off the
+        # chin and brows, so evaluation sees the whole image (crop_pct 1.0, stored in the checkpoint).
+        pcfg["crop_pct"] = 1.0
     train_set = data.subset(split["train"], transform=build_transforms(pcfg, train=True, augment=cfg.augment))
     train_set.seed = cfg.seed
     eval_tf = build_transforms(pcfg, train=False)
     val_set = data.subset(split["val"], transform=eval_tf) if split["val"] else None
     test_set = data.subset(split["test"], transform=eval_tf)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    out_dir = prepare_run_folder(cfg.out_dir or default_out_dir(cfg), cfg.overwrite)
+    run_cfg = {**asdict(cfg), "out_dir": str(out_dir)}
+    state = {"config": run_cfg, "versions": versions(), "status": "running", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_text(out_dir / "config.json", json.dumps(state, indent=2))
     _logger.info(
-        "%s on %s (%s split): %d train / %d val / %d test images, %d classes, input %s, %.1fM parameters",
+        "%s on %s (%s split): %d train / %d val / %d test images, %d classes, input %s, %.1fM parameters; run folder %s",
         model.model_name, cfg.dataset, cfg.split, len(train_set), len(val_set or []), len(test_set),
-        data.num_classes, tuple(pcfg["input_size"]), sum(p.numel() for p in model.parameters()) / 1e6,
+        data.num_classes, tuple(pcfg["input_size"]), n_params / 1e6, out_dir,
     )
+    try:
+        result = _train_and_test(cfg, model, data, split, train_set, val_set, test_set, device, out_dir)
+    except BaseException as e:
+        state.update(status="failed", error=f"{type(e).__name__}: {e}")
+        atomic_write_text(out_dir / "config.json", json.dumps(state, indent=2))
+        raise
+    result.update(config=run_cfg, versions=state["versions"], params_m=n_params / 1e6,
+                  seconds=time.perf_counter() - t_start)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
+    state["status"] = "finished"
+    atomic_write_text(out_dir / "config.json", json.dumps(state, indent=2))
+    _logger.info("finished in %.0f s (best epoch %s); run folder %s", result["seconds"], result["best_epoch"], out_dir)
+    return result
+
+
+def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, device, out_dir: Path) -> dict[str, Any]:
+    from vitfer.weights import load, save
 
     g = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
@@ -264,12 +485,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     else:
         opt = torch.optim.SGD(groups, lr=peak_lr, momentum=0.9)
 
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "model.safetensors"
+    init = getattr(model, "pretrained_source", None) or "scratch"
     history: list[dict[str, Any]] = []
     best: Optional[dict[str, Any]] = None
     step = 0
+    t_train = time.perf_counter()
     for epoch in range(cfg.epochs):
         train_set.set_epoch(epoch)
         model.train()
@@ -284,7 +505,11 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {loss.item()} at step {step}; lower the lr")
+                kept = f"; the checkpoint of epoch {best['epoch']} ({ckpt}) is kept" if best else ""
+                raise TrainingError(
+                    f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr "
+                    f"{opt.param_groups[0]['lr']:.3g}): lower the learning rate (--lr){kept}"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -300,6 +525,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             v = evaluate(model, val_set, device=device, num_classes=data.num_classes, amp=cfg.amp)
             rec.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
         history.append(rec)
+        with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
         _logger.info(
             "epoch %d/%d  train loss %.4f acc %.3f%s  (%.1f s)", epoch + 1, cfg.epochs, rec["train_loss"],
             rec["train_accuracy"],
@@ -312,29 +539,24 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         if better:
             best = rec
             save(model, ckpt, class_names=list(data.classes), source=f"vitfer finetune on {cfg.dataset}",
-                 epoch=epoch + 1, dataset=cfg.dataset, split=cfg.split)
+                 epoch=epoch + 1, dataset=cfg.dataset, split=cfg.split, initialised_from=init)
         if step >= total:
             break
-
-    from vitfer.weights import load
+    train_time = time.perf_counter() - t_train
 
     best_model = load(ckpt, map_location=device)
     test = evaluate(best_model, test_set, device=device, num_classes=data.num_classes, amp=cfg.amp)
-    result = {
-        "config": asdict(cfg),
+    return {
         "model": model.model_name,
         "classes": list(data.classes),
         "split_sizes": {k: len(v) for k, v in split.items()},
+        "test_subjects": sorted({str(data.subjects[i]) for i in split["test"] if data.subjects[i] is not None}),
         "history": history,
         "best_epoch": best["epoch"] if best else None,
         "peak_lr": peak_lr,
+        "train_time_s": train_time,
         "test": test,
+        "test_accuracy": test["accuracy"],
         "checkpoint": str(ckpt),
-        "seconds": time.perf_counter() - t_start,
+        "out_dir": str(out_dir),
     }
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
-    _logger.info(
-        "test accuracy %.3f on %d images (best epoch %s); checkpoint %s", test["accuracy"], test["n"],
-        result["best_epoch"], ckpt,
-    )
-    return result

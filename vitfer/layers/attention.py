@@ -9,8 +9,8 @@ This module is the one place that decides how attention is computed:
 
 The hand-written path computes ``softmax(q k^T * scale) v`` over chunks of (image, head) pairs
 so that one chunk's scores stay in cache between the three kernels that touch them (the naive
-formula, the whole (B, H, N, N) tensor at once, runs at about 0.4x the fused kernel on vit_base:
-``MEASURED.md``). At inference it works on strided views of q, k, v where a chunk lies within one
+formula, the whole (B, H, N, N) tensor at once, ran at about 0.4x the fused kernel on vit_base,
+measured on a 2-core CPU). At inference it works on strided views of q, k, v where a chunk lies within one
 image, gathers a chunk's operands into a reused per-thread workspace where it spans several
 images, and writes its result in (B, N, H, d) memory order as PyTorch's CPU flash kernel does,
 so the head merge after it is a view. Asking for attention weights always takes the hand-written
@@ -35,8 +35,8 @@ ATTENTION_IMPLS = ("auto", "manual", "sdpa")
 
 # Bytes of attention scores computed per chunk in the hand-written path. A chunk's scores are
 # written by one GEMM and read by the softmax and the second GEMM while still in cache (the naive
-# formula, the whole (B, H, N, N) tensor at once, runs at about 0.4x the fused kernel on vit_base:
-# MEASURED.md), while chunks of only a few pairs leave cores idle in the batched GEMMs. Inference:
+# formula, the whole (B, H, N, N) tensor at once, ran at about 0.4x the fused kernel on vit_base,
+# measured on a 2-core CPU), while chunks of only a few pairs leave cores idle in the batched GEMMs. Inference:
 # 2 MiB, 13 pairs at N=197, so that ViT-B's 12 heads of one image make one chunk. Training (and
 # GPSA): 1.5 MiB; larger chunks measured no faster there (forward + backward at N=197 and 401).
 _INFER_CHUNK_BYTES = 2 << 20
