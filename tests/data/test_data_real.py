@@ -150,3 +150,32 @@ def test_kfold_covers_every_image_once_and_is_stratified(ck: FERDataset) -> None
 def test_too_many_subject_folds(jaffe: FERDataset) -> None:
     with pytest.raises(SplitError, match="11.*10 subjects"):
         make_split(jaffe, "subject-kfold", n_folds=11)
+
+
+def test_issue18_item5_jaffe_subject_kfold_depends_on_seed(jaffe: FERDataset) -> None:
+    largest = max(JAFFE_PER_SUBJECT.values())
+    fold0_subjects = []
+    fold0_sets = set()
+    for seed in range(20):
+        folds = list(iter_folds(jaffe, "subject-kfold", n_folds=5, seed=seed))
+        sizes = [len(f["test"]) for f in folds]
+        assert max(sizes) - min(sizes) <= largest and sum(sizes) == len(jaffe)  # balanced
+        fold0 = _subjects(jaffe, folds[0]["test"])
+        fold0_sets.add(tuple(sorted(fold0)))
+        fold0_subjects.append(fold0)
+    assert len(fold0_sets) >= 5  # fold 0 changes with the seed
+    assert not all("KA" in s for s in fold0_subjects)  # no longer always KA (the largest subject)
+    loso = {sorted(_subjects(jaffe, make_split(jaffe, "subject-kfold", n_folds=10, seed=s)["test"]))[0] for s in range(20)}
+    assert len(loso) >= 4  # leave-one-subject-out: fold 0's subject varies too
+
+
+def test_issue18_item24_real_class_lists_map_to_canonical(ck: FERDataset, jaffe: FERDataset) -> None:
+    from vitfer.data import DATASET_EXPRESSIONS, canonical_classes, class_index_map
+
+    assert canonical_classes(ck.classes) == DATASET_EXPRESSIONS["ckplus48"]
+    assert canonical_classes(jaffe.classes) == DATASET_EXPRESSIONS["jaffe"]
+    m = class_index_map(ck.classes, jaffe.classes)
+    keep = m.dataset_items(jaffe.labels)
+    assert len(keep) == 213 - JAFFE_COUNTS["neutral"]  # every JAFFE image but the neutral ones
+    assert {ck.classes[m.dataset_to_model[jaffe.labels[i]]] for i in keep} == set(CK_COUNTS) - {"contempt"}
+    assert ck.face_cropped and jaffe.face_cropped

@@ -76,7 +76,7 @@ def test_resize_shorter_side_and_center_crop_geometry() -> None:
 def test_eval_pipeline_is_resize_crop_normalise_like_pil() -> None:
     a = _smooth_image()
     t = build_transforms(CFG, train=False)
-    assert [type(s).__name__ for s in t] == ["Resize", "CenterCrop", "Normalize"]
+    assert [type(s).__name__ for s in t] == ["ToChannels", "Resize", "CenterCrop", "Normalize"]
     out = t(torch.from_numpy(a).float().expand(3, -1, -1) / 255)
     assert out.shape == (3, 32, 32)
     scale = math.floor(32 / 0.9)  # 35
@@ -148,7 +148,7 @@ def test_train_pipeline_same_seed_same_output() -> None:
     t = build_transforms(CFG, train=True, augment={"vflip": 0.5, "noise": 0.05, "scale": (0.9, 1.1)})
     names = [type(s).__name__ for s in t]
     assert names == [
-        "Resize", "CenterCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomAffine", "ColorJitter",
+        "ToChannels", "Resize", "CenterCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomAffine", "ColorJitter",
         "GaussianNoise", "Normalize",
     ]
     x = torch.rand(3, 48, 48)
@@ -159,7 +159,7 @@ def test_train_pipeline_same_seed_same_output() -> None:
     out = t(batch, generator=_gen(9))
     assert out.shape == (5, 3, 32, 32) and torch.equal(out, t(batch, generator=_gen(9)))
     rrc = build_transforms(CFG, train=True, augment={"random_resized_crop": (0.8, 1.0)})
-    assert type(rrc[0]).__name__ == "RandomResizedCrop" and rrc(x, generator=_gen(1)).shape == (3, 32, 32)
+    assert type(rrc[1]).__name__ == "RandomResizedCrop" and rrc(x, generator=_gen(1)).shape == (3, 32, 32)
 
 
 def test_augment_options() -> None:

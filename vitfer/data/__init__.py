@@ -10,6 +10,13 @@ Typical use::
     test = ds.subset(split["test"], transform=build_transforms(cfg, train=False))
 
 ``SyntheticFaces`` is the built-in dataset that needs no files.
+
+Channels follow the model: ``build_transforms`` converts to the ``C`` of ``cfg["input_size"]``
+(:func:`to_channels`), so a grey model (``in_chans=1``) trains on the same datasets. Face-crop
+datasets (``dataset.face_cropped``: CK+48, JAFFE, synthetic) want
+``build_transforms(cfg, train=..., crop_pct=1.0)``. :mod:`vitfer.data.expressions` maps each
+dataset's class names to one canonical vocabulary (:func:`canonical`, :func:`shared_classes`,
+:func:`class_index_map`) for cross-dataset evaluation.
 """
 from .datasets import (
     CKPLUS48_CLASSES,
@@ -23,11 +30,23 @@ from .datasets import (
     load_image_folder,
     load_jaffe,
 )
+from .expressions import (
+    CANONICAL_EXPRESSIONS,
+    DATASET_EXPRESSIONS,
+    FER2013_CLASSES,
+    ClassIndexMap,
+    UnknownExpressionError,
+    canonical,
+    canonical_classes,
+    class_index_map,
+    shared_classes,
+)
 from .io import IMAGE_EXTENSIONS, DatasetError, ImageDecodeError, image_to_tensor, load_image
 from .splits import SPLIT_KINDS, SplitError, iter_folds, make_split
 from .synthetic import SYNTHETIC_CLASSES, SyntheticFaces
 from .transforms import (
     DEFAULT_AUGMENT,
+    LUMA_WEIGHTS,
     CenterCrop,
     ColorJitter,
     Compose,
@@ -40,9 +59,11 @@ from .transforms import (
     RandomTranslation,
     RandomVerticalFlip,
     Resize,
+    ToChannels,
     Transform,
     build_transforms,
     item_generator,
+    to_channels,
 )
 
 #: Alias: the generic class-folder dataset is a :class:`FERDataset` too.
@@ -57,6 +78,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SPLIT_KINDS",
     "DEFAULT_AUGMENT",
+    "LUMA_WEIGHTS",
+    "CANONICAL_EXPRESSIONS",
+    "DATASET_EXPRESSIONS",
+    "FER2013_CLASSES",
     "FERDataset",
     "ImageFolderDataset",
     "SyntheticFaces",
@@ -64,6 +89,7 @@ __all__ = [
     "ImageDecodeError",
     "SkippedFilesWarning",
     "SplitError",
+    "UnknownExpressionError",
     "load_dataset",
     "load_ckplus48",
     "load_jaffe",
@@ -74,6 +100,7 @@ __all__ = [
     "iter_folds",
     "Transform",
     "Compose",
+    "ToChannels",
     "Resize",
     "CenterCrop",
     "RandomResizedCrop",
@@ -87,4 +114,10 @@ __all__ = [
     "Normalize",
     "build_transforms",
     "item_generator",
+    "to_channels",
+    "canonical",
+    "canonical_classes",
+    "shared_classes",
+    "class_index_map",
+    "ClassIndexMap",
 ]

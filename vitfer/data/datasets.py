@@ -2,8 +2,18 @@
 
 :func:`load_dataset` is the entry point. Every file is decoded once, at load time, into one
 uint8 tensor ``(N, C, H, W)`` (C = 1 when all images are grey, 3 otherwise), so an epoch costs
-no decoding; ``dataset[i]`` expands grey to 3 channels, scales to ``[0, 1]`` and applies the
-dataset's ``transform``.
+no decoding; ``dataset[i]`` scales to ``[0, 1]`` and applies the dataset's ``transform``.
+
+Channels: a pipeline from :func:`~vitfer.data.build_transforms` converts to the model's channel
+count itself (grey or RGB, see :func:`~vitfer.data.to_channels`), so with one the dataset hands
+over its stored channels (1 or 3). Without such a transform (None, or a callable of your own),
+``dataset[i]`` has 3 channels, grey repeated, as it always had; ``dataset.channels = 1`` (or 3)
+forces a channel count for any transform.
+
+Face crops: ``dataset.face_cropped`` is True where every image is already cropped to the face
+(``ckplus48``, ``jaffe``, :class:`~vitfer.data.SyntheticFaces`; a ``folder`` dataset only with
+``face_cropped=True``). Such images should not lose their border to ImageNet's centre crop: build
+their transforms with ``build_transforms(cfg, train=..., crop_pct=1.0)``.
 
 Layouts:
 
@@ -23,7 +33,11 @@ Bad input: files without an image extension and hidden files (``.DS_Store``, ``T
 recorded in ``dataset.skipped`` as ``(path, reason)`` and reported by one
 :class:`SkippedFilesWarning` listing every skipped file, or, with ``strict=True``, raises a
 :class:`~vitfer.data.io.DatasetError` naming them. A missing folder, an empty class folder or a
-JAFFE name with an unknown expression code raise a ``DatasetError`` naming the path.
+JAFFE name with an unknown expression code raise a ``DatasetError`` naming the path. A folder that
+is not the layout asked for (a class-folder dataset given as ``ckplus48`` or ``jaffe``, say)
+raises a ``DatasetError`` that says what was expected, what was found (at most
+:data:`_MAX_LISTED` names, then "and N more") and, where the folder looks like class folders, to
+load it as ``--dataset folder`` (command line) / ``load_dataset("folder", root)`` (Python).
 """
 from __future__ import annotations
 
@@ -43,7 +57,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .io import DatasetError, ImageDecodeError, image_to_tensor, is_image_file, load_image
-from .transforms import Transform, item_generator
+from .transforms import Transform, item_generator, to_channels
 
 __all__ = [
     "CKPLUS48_CLASSES",
@@ -84,18 +98,33 @@ _INTERP = {
     "bicubic": Image.Resampling.BICUBIC,
 }
 _KEEP: Any = object()  # sentinel: keep the parent's transform in FERDataset.subset
+_MAX_LISTED = 5  # names listed in a message before "and N more"
+_FOLDER_HINT = 'load it with --dataset folder (command line) or load_dataset("folder", root) (Python)'
 
 
 class SkippedFilesWarning(UserWarning):
-    """Some files of a dataset could not be decoded and were left out."""
+    """Some files of a dataset could not be decoded and were left out.
+
+    The message alone says it all (for a command line to print without a traceback): the
+    folder, how many files were skipped and the first few with their reasons; the full list is
+    ``dataset.skipped``.
+    """
+
+
+def _short_list(names: Sequence[str], limit: int = _MAX_LISTED) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 7 more``; ``(none)`` for no names."""
+    names = list(names)
+    if not names:
+        return "(none)"
+    head = ", ".join(names[:limit])
+    return head if len(names) <= limit else f"{head} and {len(names) - limit} more"
 
 
 class FERDataset(Dataset):
     """An image classification dataset decoded into memory.
 
-    ``dataset[i]`` returns ``(image, label)``: image float (3, H, W), values in ``[0, 1]`` before
-    ``transform`` (grey images are repeated over 3 channels), label an int index into
-    ``classes``.
+    ``dataset[i]`` returns ``(image, label)``: image float (C, H, W), values in ``[0, 1]`` before
+    ``transform``, label an int index into ``classes``. C: see ``channels``.
 
     Attributes:
         name: short name (``ckplus48``, ``jaffe``, ``folder``, ``synthetic``).
@@ -108,6 +137,15 @@ class FERDataset(Dataset):
         transform: applied to the float image; a :class:`~vitfer.data.transforms.Transform`
             is called with a generator (see ``seed``), any other callable as ``transform(x)``;
             None gives the image in ``[0, 1]``. Settable.
+        channels: channel count of the image handed to ``transform`` (or returned without
+            one). None (default): the stored channels (1 or 3) when ``transform`` converts
+            channels itself (it has an int ``channels`` attribute, as every
+            :func:`~vitfer.data.build_transforms` pipeline has), otherwise 3 (grey repeated:
+            the behaviour before per-model channels). 1 or 3: converted to that count (see
+            :func:`~vitfer.data.to_channels`). Settable.
+        face_cropped: whether every image is already a tight face crop (True for CK+48,
+            JAFFE and synthetic faces), so evaluation should not centre-crop it further
+            (``build_transforms(..., crop_pct=1.0)``). Settable.
         seed: with an int, item ``i`` of epoch ``e`` is transformed with
             ``item_generator(seed, e, i)`` (the same augmentation whatever the DataLoader
             workers); None uses torch's global RNG.
@@ -130,6 +168,8 @@ class FERDataset(Dataset):
         root: Path | None = None,
         default_test_size: int | float = 0.2,
         seed: int | None = None,
+        channels: int | None = None,
+        face_cropped: bool = False,
     ) -> None:
         """
         Args:
@@ -138,9 +178,13 @@ class FERDataset(Dataset):
             classes: class names.
             subjects: N subject ids (None entries where unknown); None for all unknown.
             paths: N file paths or names; None for ``<name>/<index>``.
+            channels: see the class attributes (None, 1 or 3).
+            face_cropped: see the class attributes.
         """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"images must be uint8 (N, 1|3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
         n = images.shape[0]
         labels = [int(v) for v in labels]
         if len(labels) != n:
@@ -162,6 +206,8 @@ class FERDataset(Dataset):
         self.default_test_size = default_test_size
         self.seed = seed
         self.epoch = 0
+        self.channels = channels
+        self.face_cropped = bool(face_cropped)
 
     # ----------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -175,11 +221,28 @@ class FERDataset(Dataset):
         row = index if self._index is None else int(self._index[index])
         return self._images[row]
 
+    @property
+    def stored_channels(self) -> int:
+        """Channels of the stored images: 1 (all grey) or 3."""
+        return int(self._images.shape[1])
+
+    def item_channels(self) -> int:
+        """Channels of the image that ``transform`` receives (or that is returned without one).
+
+        ``channels`` when set; else the stored channels when ``transform`` converts channels
+        itself (an int ``channels`` attribute, e.g. a :func:`~vitfer.data.build_transforms`
+        pipeline); else 3.
+        """
+        if self.channels is not None:
+            return self.channels
+        if isinstance(getattr(self.transform, "channels", None), int):
+            return self.stored_channels
+        return 3
+
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        """Item ``index``: image float (3, H, W) in ``[0, 1]`` then ``transform``, label int."""
-        x = self.uint8(index).float().div_(255.0)
-        if x.shape[0] == 1:
-            x = x.expand(3, -1, -1).contiguous()  # grey -> 3 channels, its own memory
+        """Item ``index``: image float (C, H, W) in ``[0, 1]`` (C: :meth:`item_channels`), then
+        ``transform``; label int."""
+        x = to_channels(self.uint8(index).float().div_(255.0), self.item_channels())
         if self.transform is not None:
             if isinstance(self.transform, Transform):
                 gen = None if self.seed is None else item_generator(self.seed, self.epoch, index % len(self))
@@ -249,7 +312,7 @@ class FERDataset(Dataset):
         n_subj = len(self.subject_names)
         return (
             f"{type(self).__name__}(name={self.name!r}, root={str(self.root) if self.root else None!r}, "
-            f"n={len(self)}, size={h}x{w}, channels={self._images.shape[1]}, "
+            f"n={len(self)}, size={h}x{w}, channels={self._images.shape[1]}, face_cropped={self.face_cropped}, "
             f"classes={{{counts}}}, subjects={n_subj or None}, skipped={len(self.skipped)})"
         )
 
@@ -288,6 +351,88 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
+def _has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image file at any depth (stops at the first)."""
+    return any(is_image_file(p) and p.is_file() for p in folder.rglob("*"))
+
+
+def _layout_hints(root: Path, folders: Sequence[Path], kind: str) -> list[str]:
+    """Suggestions for a folder that is not the ``kind`` layout, by what it looks like."""
+    hints = []
+    names = [p.name for p in folders]
+    if kind != "ckplus48" and names == list(CKPLUS48_CLASSES):
+        hints.append('it looks like CK+48: use --dataset ckplus48 / load_dataset("ckplus48", root)')
+    elif any(_has_images(f) for f in folders):
+        hints.append(f"if its sub-folders are classes, {_FOLDER_HINT}")
+    if kind != "jaffe" and _looks_like_jaffe(_image_files(root, recursive=False)):
+        hints.append('if it is JAFFE, use --dataset jaffe / load_dataset("jaffe", root)')
+    return hints
+
+
+def _looks_like_jaffe(files: Sequence[Path]) -> bool:
+    """Whether image files are named like JAFFE's (``<subject>.<EXPR><n>.<id>.<ext>``, known EXPR)."""
+    def ok(p: Path) -> bool:
+        fields = p.name.split(".")
+        return len(fields) >= 3 and bool(fields[0]) and fields[1][:2].upper() in JAFFE_CODES
+
+    return bool(files) and all(ok(p) for p in files)
+
+
+def _found(root: Path, folders: Sequence[Path]) -> str:
+    """What ``root`` holds: its sub-folders and top-level files, as short lists."""
+    files = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    parts = []
+    if folders:
+        parts.append(f"{len(folders)} sub-folder(s): {_short_list([p.name for p in folders])}")
+    if files:
+        parts.append(f"{len(files)} file(s): {_short_list(files)}")
+    return "; ".join(parts) if parts else "nothing"
+
+
+def _not_ckplus48_message(root: Path, names: Sequence[str]) -> str:
+    """Error text for a ``ckplus48`` folder whose class folders are not :data:`CKPLUS48_CLASSES`."""
+    folders = _class_folders(root)
+    msg = (
+        f"{root} is not a CK+48 folder: expected the {len(CKPLUS48_CLASSES)} class folders "
+        f"{', '.join(CKPLUS48_CLASSES)}; found {_found(root, folders)}"
+    )
+    missing = [c for c in CKPLUS48_CLASSES if c not in names]
+    extra = [n for n in names if n not in CKPLUS48_CLASSES]
+    if len(missing) <= len(CKPLUS48_CLASSES) // 2:  # mostly CK+48: say what differs
+        if missing:
+            msg += f"; missing: {_short_list(missing)}"
+        if extra:
+            msg += f"; unexpected: {_short_list(extra)}"
+    hints = _layout_hints(root, folders, "ckplus48")
+    return msg + "".join(f"\n  hint: {h}" for h in hints)
+
+
+_JAFFE_PATTERN = f"<subject>.<EXPR><n>.<id>.<ext> with EXPR one of {' '.join(JAFFE_CODES)} (e.g. KA.AN1.39.tiff)"
+
+
+def _no_jaffe_files_message(root: Path) -> str:
+    """Error text for a ``jaffe`` folder without image files at its top level."""
+    folders = _class_folders(root)
+    msg = (
+        f"JAFFE folder {root} holds no image files: expected a flat folder of {_JAFFE_PATTERN}; "
+        f"found {_found(root, folders)}"
+    )
+    return msg + "".join(f"\n  hint: {h}" for h in _layout_hints(root, folders, "jaffe"))
+
+
+def _bad_jaffe_names_message(root: Path, bad: Sequence[tuple[Path, str]], n_files: int) -> str:
+    """Error text for JAFFE files whose names do not give a subject and an expression."""
+    lines = [f"  {p}: {reason}" for p, reason in bad[:_MAX_LISTED]]
+    if len(bad) > _MAX_LISTED:
+        lines.append(f"  ... and {len(bad) - _MAX_LISTED} more")
+    msg = f"{len(bad)} of {n_files} image file(s) in JAFFE folder {root} are not named {_JAFFE_PATTERN}:\n"
+    msg += "\n".join(lines)
+    if len(bad) == n_files:
+        hints = _layout_hints(root, _class_folders(root), "jaffe") or ["this does not look like JAFFE"]
+        msg += "".join(f"\n  hint: {h}" for h in hints)
+    return msg
+
+
 def _decode_all(
     files: Sequence[Path],
     *,
@@ -311,15 +456,22 @@ def _decode_all(
         kept.append(i)
         tensors.append(image_to_tensor(im))
     if skipped:
-        listing = "\n".join(f"  {p}: {reason}" for p, reason in skipped)
         if strict:
+            listing = "\n".join(f"  {p}: {reason}" for p, reason in skipped)
             raise DatasetError(f"{len(skipped)} file(s) in {source} cannot be decoded (strict=True):\n{listing}")
-        warnings.warn(
-            f"{source}: skipped {len(skipped)} file(s) that cannot be decoded:\n{listing}",
-            SkippedFilesWarning,
-            stacklevel=4,
-        )
+        warnings.warn(_skipped_message(source, skipped, len(files)), SkippedFilesWarning, stacklevel=4)
     return kept, tensors, skipped
+
+
+def _skipped_message(source: Path, skipped: Sequence[tuple[Path, str]], n_files: int) -> str:
+    """The text of a :class:`SkippedFilesWarning`: folder, count, the first few files and reasons."""
+    lines = [f"  {p}: {reason}" for p, reason in skipped[:_MAX_LISTED]]
+    if len(skipped) > _MAX_LISTED:
+        lines.append(f"  ... and {len(skipped) - _MAX_LISTED} more (all of them in dataset.skipped)")
+    return (
+        f"skipped {len(skipped)} of {n_files} image file(s) in {source} that cannot be decoded "
+        f"(strict=True makes this an error):\n" + "\n".join(lines)
+    )
 
 
 def _stack(tensors: list[Tensor], paths: Sequence[Path], source: Path) -> Tensor:
@@ -351,6 +503,7 @@ def _build(
     interpolation: str = "bilinear",
     transform: Callable[..., Tensor] | None = None,
     default_test_size: int | float = 0.2,
+    face_cropped: bool = False,
     t0: float,
 ) -> FERDataset:
     kept, tensors, skipped = _decode_all(
@@ -374,6 +527,7 @@ def _build(
         name=name,
         root=root,
         default_test_size=default_test_size,
+        face_cropped=face_cropped,
     )
     seconds = time.perf_counter() - t0
     logger.info("loaded %s from %s: %d images in %.2f s (%d skipped)", name, root, len(ds), seconds, len(skipped))
@@ -390,6 +544,7 @@ def load_image_folder(
     subject_fn: Callable[[Path], str] | None = None,
     classes: Sequence[str] | None = None,
     transform: Callable[..., Tensor] | None = None,
+    face_cropped: bool = False,
 ) -> FERDataset:
     """Load ``<root>/<class>/**/<image>`` (png, jpg, jpeg, bmp, tif, tiff, webp, gif).
 
@@ -402,6 +557,8 @@ def load_image_folder(
         subject_fn: maps a file path to its subject id (enables subject splits).
         classes: the class folders to use, in label order; None uses every sub-folder, sorted.
         transform: the dataset's transform.
+        face_cropped: the images are already tight face crops (sets ``dataset.face_cropped``;
+            evaluate them with ``crop_pct=1.0``).
 
     Returns:
         FERDataset with ``name="folder"``.
@@ -419,10 +576,19 @@ def load_image_folder(
         by_name = {p.name: p for p in folders}
         missing = [c for c in classes if c not in by_name]
         if missing:
-            raise DatasetError(f"class folder(s) {missing} not found in {root}")
+            raise DatasetError(
+                f"class folder(s) {missing} not found in {root}; found {len(by_name)} folder(s): "
+                f"{_short_list(sorted(by_name))}"
+            )
         folders = [by_name[c] for c in classes]
     if not folders:
-        raise DatasetError(f"no class folders in {root} (expected <root>/<class>/<image files>)")
+        flat = _image_files(root, recursive=False)
+        found = f"{len(flat)} image file(s) ({_short_list([p.name for p in flat])})" if flat else "no sub-folders"
+        hint = "\n  hint: it looks like JAFFE: use --dataset jaffe / load_dataset(\"jaffe\", root)"
+        raise DatasetError(
+            f"no class folders in {root} (expected <root>/<class>/<image files>); found {found}"
+            + (hint if _looks_like_jaffe(flat) else "")
+        )
     files, labels, subjects = [], [], []
     for k, folder in enumerate(folders):
         found = _image_files(folder, recursive=True)
@@ -433,7 +599,8 @@ def load_image_folder(
         subjects += [subject_fn(p) if subject_fn else None for p in found]
     return _build(
         "folder", root, files, labels, subjects, [p.name for p in folders],
-        strict=strict, image_size=size, interpolation=interpolation, transform=transform, t0=t0,
+        strict=strict, image_size=size, interpolation=interpolation, transform=transform,
+        face_cropped=face_cropped, t0=t0,
     )
 
 
@@ -455,12 +622,7 @@ def load_ckplus48(
     root = _resolve_root(root, "ckplus48")
     names = [p.name for p in _class_folders(root)]
     if names != list(CKPLUS48_CLASSES):
-        missing = sorted(set(CKPLUS48_CLASSES) - set(names))
-        extra = sorted(set(names) - set(CKPLUS48_CLASSES))
-        raise DatasetError(
-            f"{root} is not a CK+48 folder: missing class folders {missing}, unexpected {extra} "
-            "(use load_dataset('folder', ...) for other layouts)"
-        )
+        raise DatasetError(_not_ckplus48_message(root, names))
     files, labels, subjects = [], [], []
     for k, cls in enumerate(CKPLUS48_CLASSES):
         folder = root / cls
@@ -476,7 +638,8 @@ def load_ckplus48(
         labels += [k] * len(found)
     return _build(
         "ckplus48", root, files, labels, subjects, CKPLUS48_CLASSES,
-        strict=strict, transform=transform, default_test_size=STUDY_TEST_SIZE["ckplus48"], t0=t0,
+        strict=strict, transform=transform, default_test_size=STUDY_TEST_SIZE["ckplus48"],
+        face_cropped=True, t0=t0,
     )
 
 
@@ -503,23 +666,27 @@ def load_jaffe(
     root = _resolve_root(root, "jaffe")
     files = _image_files(root, recursive=False)
     if not files:
-        raise DatasetError(f"JAFFE folder {root} holds no image files")
+        raise DatasetError(_no_jaffe_files_message(root))
     codes = list(JAFFE_CODES)
     labels, subjects = [], []
+    bad: list[tuple[Path, str]] = []
     for p in files:
         fields = p.name.split(".")
         if len(fields) < 3 or not fields[0]:
-            raise DatasetError(f"JAFFE file name {p} is not <subject>.<EXPR><n>.<id>.<ext>")
+            bad.append((p, "not <subject>.<EXPR><n>.<id>.<ext>"))
+            continue
         code = fields[1][:2].upper()
         if code not in JAFFE_CODES:
-            raise DatasetError(
-                f"JAFFE file name {p} has unknown expression code {fields[1][:2]!r}; expected one of {' '.join(codes)}"
-            )
+            bad.append((p, f"unknown expression code {fields[1][:2]!r}"))
+            continue
         labels.append(codes.index(code))
         subjects.append(fields[0])
+    if bad:
+        raise DatasetError(_bad_jaffe_names_message(root, bad, len(files)))
     return _build(
         "jaffe", root, files, labels, subjects, JAFFE_CLASSES,
-        strict=strict, transform=transform, default_test_size=STUDY_TEST_SIZE["jaffe"], t0=t0,
+        strict=strict, transform=transform, default_test_size=STUDY_TEST_SIZE["jaffe"],
+        face_cropped=True, t0=t0,
     )
 
 
@@ -543,7 +710,9 @@ def load_dataset(kind: str, root: str | os.PathLike, *, strict: bool = False, **
             ``subject_fn``, ``classes`` for ``folder`` (see :func:`load_image_folder`).
 
     Returns:
-        FERDataset; ``dataset[i]`` is ``(float (3, H, W), label)``.
+        FERDataset; ``dataset[i]`` is ``(float (C, H, W), label)``: C = 3 without a transform,
+        the model's channels with a :func:`~vitfer.data.build_transforms` pipeline (see
+        :class:`FERDataset` ``channels``).
     """
     key = kind.lower()
     if key not in _KINDS:

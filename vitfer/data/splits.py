@@ -13,9 +13,12 @@ Kinds:
 - ``subject``: subject-independent hold-out. Whole subjects go to the test side, chosen so
   that the test size is close to ``test_size`` and the class mix close to the dataset's; no
   subject is ever on both sides (nor on both train and val).
-- ``kfold``: stratified k-fold over images; the test part is fold ``fold`` of ``n_folds``.
-- ``subject-kfold``: k folds of whole subjects with balanced image counts; every subject is
-  in exactly one test fold (with ``n_folds`` = number of subjects: leave-one-subject-out).
+- ``kfold``: stratified k-fold over images; the test part is fold ``fold`` of ``n_folds``; the
+  images of each fold depend on the seed (the fold sizes do not).
+- ``subject-kfold``: k folds of whole subjects with balanced image counts (fold sizes within
+  one subject's image count of each other); every subject is in exactly one test fold (with
+  ``n_folds`` = number of subjects: leave-one-subject-out). Which subjects share a fold, and
+  which fold is fold 0, depend on the seed.
 
 Determinism: every random choice ranks keys by a BLAKE2 hash of ``(seed, purpose, key)``, so a
 split depends only on the seed and the dataset's labels and subjects, not on any library's RNG
@@ -192,12 +195,19 @@ def _fold_of_items(labels: Sequence[int], n_folds: int, seed: int) -> list[int]:
 
 
 def _fold_of_subjects(groups: dict[str, list[int]], n_folds: int, seed: int) -> dict[str, int]:
-    """Fold id per subject: largest subjects first (seeded ties) to the lightest fold."""
-    order = sorted(_rank(sorted(groups), seed, "subject-kfold"), key=lambda g: -len(groups[g]))
+    """Fold id per subject: subjects in a seeded order, each to the lightest fold (seeded ties).
+
+    The order is random (not largest first), so the folds change with the seed; assigning each
+    subject to the fold with the fewest images keeps the fold sizes within one subject's size
+    of each other (the largest minus the smallest fold is at most the largest subject), and
+    with ``n_folds`` equal to the number of subjects every fold gets one subject.
+    """
+    order = _rank(sorted(groups), seed, "subject-kfold")
+    tie = {k: r for r, k in enumerate(_rank(range(n_folds), seed, "subject-kfold/folds"))}
     totals = [0] * n_folds
     fold: dict[str, int] = {}
     for g in order:
-        f = min(range(n_folds), key=lambda k: (totals[k], k))
+        f = min(range(n_folds), key=lambda k: (totals[k], tie[k]))
         fold[g] = f
         totals[f] += len(groups[g])
     return fold

@@ -294,9 +294,12 @@ class SyntheticFaces(FERDataset):
             make subject-independent splits meaningful.
         transform: the dataset's transform (see :class:`FERDataset`).
 
-    ``dataset[i]`` is ``(float (3, image_size, image_size), label)``; ``subjects`` are
-    ``"synth000"``...; ``paths`` are generated names; ``skipped`` is empty. Generating takes
-    about 2 ms an image (64x64) on one CPU core.
+    Images are stored grey (1 channel); ``dataset[i]`` is ``(float (3, image_size, image_size),
+    label)`` without a transform and has the model's channels with a
+    :func:`~vitfer.data.build_transforms` pipeline (see :class:`FERDataset` ``channels``).
+    ``subjects`` are ``"synth000"``...; ``paths`` are generated names; ``skipped`` is empty;
+    ``face_cropped`` is True (the face fills the image). Generating takes about 2 ms an image
+    (64x64) on one CPU core.
     """
 
     def __init__(
@@ -337,6 +340,7 @@ class SyntheticFaces(FERDataset):
             name="synthetic",
             root=None,
             default_test_size=0.2,
+            face_cropped=True,
         )
         self.generation_seed = seed
         seconds = time.perf_counter() - t0

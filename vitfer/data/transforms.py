@@ -26,6 +26,24 @@ Pipelines
 eval transform (resize the shorter side to ``floor(size / crop_pct)``, centre crop to ``size``,
 normalise); the train pipeline adds the augmentations of the study (flips, rotation,
 translation, pixel-level jitter), configured by an ``augment`` dict.
+
+Channels
+--------
+A pipeline from :func:`build_transforms` starts with :class:`ToChannels`, which converts the
+image to the channel count ``C`` of ``input_size = (C, H, W)``: grey to 3 channels by
+repetition, RGB to grey by ITU-R 601 luma (``0.299 R + 0.587 G + 0.114 B``), and leaves an
+image that already has ``C`` channels as it is (:func:`to_channels`). So the same pipeline feeds
+a grey (``in_chans=1``) or an RGB model from grey or RGB data, and the datasets hand it their
+stored channels. For ``C = 1`` a 3-value ``mean`` / ``std`` (ImageNet's, say) is reduced to the
+mean of its three values.
+
+Face crops
+----------
+``crop_pct`` (ImageNet's 0.875 by default) centre-crops ``crop_pct`` of the resized image: right
+for photos with margins, wrong for datasets whose images are already tight face crops (CK+48,
+JAFFE, :class:`~vitfer.data.SyntheticFaces`; ``dataset.face_cropped``), where it cuts off the
+chin, brows and cheeks. ``build_transforms(cfg, train=..., crop_pct=1.0)`` overrides the cfg's
+value and keeps the whole face (resize to the input size, no cut).
 """
 from __future__ import annotations
 
@@ -41,6 +59,7 @@ from torch import Tensor
 __all__ = [
     "Transform",
     "Compose",
+    "ToChannels",
     "Resize",
     "CenterCrop",
     "RandomResizedCrop",
@@ -58,9 +77,14 @@ __all__ = [
     "resize",
     "center_crop",
     "affine",
+    "to_channels",
+    "LUMA_WEIGHTS",
 ]
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+#: ITU-R BT.601 luma weights of R, G and B (they sum to 1): RGB -> grey in :func:`to_channels`.
+LUMA_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
 
 #: Default train-time augmentation for faces (see :func:`build_transforms`).
 DEFAULT_AUGMENT: dict[str, Any] = {
@@ -158,6 +182,12 @@ class Compose(Transform):
             x = t(x, generator=generator) if isinstance(t, Transform) else t(x)
         return x
 
+    @property
+    def channels(self) -> int | None:
+        """The channel count the pipeline converts to first (a leading :class:`ToChannels`), else None."""
+        first = self.transforms[0] if self.transforms else None
+        return first.channels if isinstance(first, ToChannels) else None
+
     def __len__(self) -> int:
         return len(self.transforms)
 
@@ -167,6 +197,63 @@ class Compose(Transform):
     def __repr__(self) -> str:
         inner = "".join(f"\n    {t!r}," for t in self.transforms)
         return f"Compose([{inner}\n])"
+
+
+def to_channels(x: Tensor, c: int) -> Tensor:
+    """Convert an image or batch to ``c`` channels (1 = grey, 3 = RGB).
+
+    grey -> 3 repeats the channel (a copy, not a view); 3 -> grey is the ITU-R 601 luma
+    ``0.299 R + 0.587 G + 0.114 B`` (:data:`LUMA_WEIGHTS`), so a grey image repeated over 3
+    channels comes back as itself; an image that already has ``c`` channels is returned as is
+    (the same tensor).
+
+    Args:
+        x: (C, H, W) or (B, C, H, W), C = 1 or 3. Floating point (values in any range; the luma
+            of ``[0, 1]`` values stays in ``[0, 1]``) or uint8 (the luma is rounded).
+        c: 1 or 3.
+
+    Returns:
+        (c, H, W) or (B, c, H, W), the dtype of ``x``.
+
+    Raises:
+        ValueError: ``c`` is not 1 or 3, or ``x`` is not (C, H, W) / (B, C, H, W) with C = 1 or 3.
+    """
+    if c not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {c!r}")
+    if x.ndim not in (3, 4) or x.shape[-3] not in (1, 3):
+        raise ValueError(f"expected an image (C, H, W) or a batch (B, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+    have = x.shape[-3]
+    if have == c:
+        return x
+    if c == 3:
+        reps = (3, 1, 1) if x.ndim == 3 else (1, 3, 1, 1)
+        return x.repeat(*reps)
+    work = x if x.is_floating_point() else x.to(torch.float32)
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=work.dtype, device=work.device).view(3, 1, 1)
+    grey = (work * weights).sum(-3, keepdim=True)
+    if x.is_floating_point():
+        return grey
+    info = torch.iinfo(x.dtype)
+    return grey.round_().clamp_(info.min, info.max).to(x.dtype)
+
+
+class ToChannels(Transform):
+    """Convert to ``channels`` channels (1 or 3); see :func:`to_channels`.
+
+    The first step of every :func:`build_transforms` pipeline, so that datasets can hand it
+    their stored channels (1 for grey data, 3 for colour) whatever the model takes.
+    """
+
+    def __init__(self, channels: int) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+        self.channels = int(channels)
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return to_channels(x, self.channels)
+
+    def _params(self) -> dict[str, Any]:
+        return {"channels": self.channels}
 
 
 def resize(x: Tensor, size: tuple[int, int], interpolation: str = "bilinear", clamp: bool = True) -> Tensor:
@@ -448,7 +535,7 @@ class RandomTranslation(RandomAffine):
 def _grey_mean(x: Tensor) -> Tensor:
     """Mean luminance per image: (B, C, H, W) -> (B, 1, 1, 1) (ITU-R 601 weights for RGB)."""
     if x.shape[1] == 3:
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+        weights = torch.tensor(LUMA_WEIGHTS, dtype=x.dtype).view(1, 3, 1, 1)
         grey = (x * weights).sum(1, keepdim=True)
     else:
         grey = x.mean(1, keepdim=True)
@@ -534,33 +621,61 @@ def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def build_transforms(cfg: Mapping[str, Any] | Any, *, train: bool, augment: Mapping[str, Any] | None = None) -> Compose:
+def _per_channel(values: Any, channels: int, name: str) -> tuple[float, ...]:
+    """``mean`` / ``std`` with one value per channel: 3 values for grey become their mean, 1 value
+    for RGB is repeated."""
+    vals = (float(values),) if isinstance(values, (int, float)) else tuple(float(v) for v in values)
+    if len(vals) == channels:
+        return vals
+    if channels == 1 and len(vals) == 3:
+        return (sum(vals) / 3.0,)
+    if channels == 3 and len(vals) == 1:
+        return vals * 3
+    raise ValueError(f"cfg {name} has {len(vals)} values for an input of {channels} channel(s): {values!r}")
+
+
+def build_transforms(
+    cfg: Mapping[str, Any] | Any,
+    *,
+    train: bool,
+    augment: Mapping[str, Any] | None = None,
+    crop_pct: float | None = None,
+) -> Compose:
     """Compose the pipeline of one split from a model's pretrained config.
 
     Args:
         cfg: mapping or object (e.g. a model's ``pretrained_cfg``) with ``input_size``
-            ``(3, H, W)`` (required), and optionally ``interpolation`` (``bicubic`` default),
-            ``mean`` / ``std`` (ImageNet default) and ``crop_pct`` (0.875 default).
+            ``(C, H, W)`` (required; C = 1 for a grey model, 3 for RGB), and optionally
+            ``interpolation`` (``bicubic`` default), ``mean`` / ``std`` (ImageNet default) and
+            ``crop_pct`` (0.875 default).
         train: add the random augmentations (train split) or not (val / test).
         augment: overrides of :data:`DEFAULT_AUGMENT` (unknown keys are an error). Set a key to
             0 / None to turn that augmentation off. Ignored when ``train`` is False.
+        crop_pct: overrides the cfg's ``crop_pct`` when given, in ``(0, 1]``. Pass 1.0 for data
+            that is already cropped to the face (``dataset.face_cropped``: CK+48, JAFFE,
+            synthetic faces): the image is resized to the input size and nothing is cut off.
 
     Returns:
-        A :class:`Compose` taking float images (3, h, w) in ``[0, 1]`` of any size to
-        normalised (3, H, W). Eval: ``Resize(floor(size / crop_pct))`` (shorter side),
-        ``CenterCrop(size)``, ``Normalize``. Train: the same resize and crop (or a
-        ``RandomResizedCrop`` when ``random_resized_crop`` is set), then horizontal / vertical
-        flips, one ``RandomAffine`` (rotation, translation, zoom), ``ColorJitter``,
-        ``GaussianNoise``, ``Normalize``.
+        A :class:`Compose` taking float images (1 or 3, h, w) in ``[0, 1]`` of any size to
+        normalised (C, H, W). First ``ToChannels(C)`` (grey -> RGB by repetition, RGB -> grey
+        by ITU-R 601 luma; see :func:`to_channels`). Eval: then ``Resize(floor(size /
+        crop_pct))`` (shorter side), ``CenterCrop(size)``, ``Normalize``. Train: the same resize
+        and crop (or a ``RandomResizedCrop`` when ``random_resized_crop`` is set), then
+        horizontal / vertical flips, one ``RandomAffine`` (rotation, translation, zoom),
+        ``ColorJitter``, ``GaussianNoise``, ``Normalize``. For C = 1, a cfg ``mean`` / ``std``
+        of 3 values (ImageNet's, or a model's RGB statistics) is reduced to the mean of the
+        three (ImageNet: 0.449 / 0.226); a single value for C = 3 is repeated.
     """
     input_size = _cfg_get(cfg, "input_size", None)
     if input_size is None or len(input_size) != 3:
         raise ValueError(f"cfg needs input_size = (channels, height, width), got {input_size!r}")
-    _, height, width = (int(v) for v in input_size)
+    channels, height, width = (int(v) for v in input_size)
+    if channels not in (1, 3):
+        raise ValueError(f"cfg input_size must have 1 (grey) or 3 (RGB) channels, got {tuple(input_size)!r}")
     interpolation = _cfg_get(cfg, "interpolation", "bicubic")
-    mean = _cfg_get(cfg, "mean", _IMAGENET_MEAN)
-    std = _cfg_get(cfg, "std", _IMAGENET_STD)
-    crop_pct = float(_cfg_get(cfg, "crop_pct", 0.875))
+    mean = _per_channel(_cfg_get(cfg, "mean", _IMAGENET_MEAN), channels, "mean")
+    std = _per_channel(_cfg_get(cfg, "std", _IMAGENET_STD), channels, "std")
+    crop_pct = float(_cfg_get(cfg, "crop_pct", 0.875) if crop_pct is None else crop_pct)
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
 
@@ -571,7 +686,7 @@ def build_transforms(cfg: Mapping[str, Any] | Any, *, train: bool, augment: Mapp
             raise ValueError(f"unknown augment keys {unknown}; known: {sorted(DEFAULT_AUGMENT)}")
         opts.update(augment)
 
-    steps: list[Transform] = []
+    steps: list[Transform] = [ToChannels(channels)]
     if train and opts["random_resized_crop"]:
         steps.append(RandomResizedCrop((height, width), scale=opts["random_resized_crop"], interpolation=interpolation))
     else:
