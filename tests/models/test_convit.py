@@ -194,7 +194,7 @@ def test_overrides_head_and_drop_rates():
         assert m(_x(224, 6, 1)).shape == (1, 192)
     m.reset_classifier(7)
     assert m.get_classifier().out_features == 7 and m.num_classes == 7
-    assert m.pretrained_cfg["num_classes"] == 1000  # the checkpoint's, not the model's
+    assert m.pretrained_cfg["num_classes"] == 7  # the model's own (issue 18, item 19)
     with pytest.raises(TypeError, match="unknown override"):
         convit_tiny(embed_dim=64)
 

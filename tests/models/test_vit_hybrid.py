@@ -142,7 +142,7 @@ def test_registry_alias_and_pretrained_cfg(pair224, pair384):
     assert get_model_spec("vit_base_resnet50_384").name == "vit_base_r50_s16_384"
     ours, _ = pair224
     cfg = ours.pretrained_cfg
-    assert cfg["hf_hub_id"] == "timm/vit_base_r50_s16_224.orig_in21k" and cfg["num_classes"] == 0
+    assert cfg["hf_hub_id"] == "timm/vit_base_r50_s16_224.orig_in21k" and cfg["num_classes"] == NUM_CLASSES
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.9 and cfg["fixed_input_size"]
     assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["first_conv"] == "patch_embed.backbone.stem.conv"
     cfg384 = pair384[0].pretrained_cfg

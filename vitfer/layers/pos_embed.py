@@ -3,15 +3,50 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resample_abs_pos_embed"]
+__all__ = ["infer_grid_size", "resample_abs_pos_embed"]
 
 _logger = logging.getLogger(__name__)
+
+
+def infer_grid_size(
+    num_tokens: int, stored: Optional[Sequence[int]] = None, like: Optional[Sequence[int]] = None
+) -> tuple[int, int]:
+    """The (H, W) patch grid of ``num_tokens`` position embeddings (prefix tokens excluded).
+
+    ``stored`` is the grid a checkpoint records (a vitfer checkpoint's config overrides give it,
+    non-square ones included) and wins; without it the grid has the aspect of ``like`` (the
+    model's own grid) if ``num_tokens`` allows, else it must be square.
+
+    Raises:
+        ValueError: ``stored`` does not hold ``num_tokens`` positions, or no grid can be inferred.
+    """
+    n = int(num_tokens)
+    if stored is not None:
+        h, w = int(stored[0]), int(stored[1])
+        if h * w != n:
+            raise ValueError(f"the checkpoint's grid {h}x{w} does not match its {n} position embeddings")
+        return h, w
+    if like is not None:
+        lh, lw = int(like[0]), int(like[1])
+        if lh != lw and lh > 0 and lw > 0:
+            g = math.gcd(lh, lw)
+            ah, aw = lh // g, lw // g  # the aspect in lowest terms: grids (k*ah, k*aw)
+            k = math.isqrt(n // (ah * aw)) if n % (ah * aw) == 0 else 0
+            if k > 0 and k * k * ah * aw == n:
+                return k * ah, k * aw
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(
+            f"cannot infer the patch grid of {n} position embeddings (not a square, nor of the model's aspect); "
+            f"a checkpoint written by vitfer.save records its grid in its metadata"
+        )
+    return side, side
 
 
 def resample_abs_pos_embed(

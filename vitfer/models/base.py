@@ -29,11 +29,13 @@ class VitferModel(nn.Module):
     Subclasses set ``num_classes``, ``num_features`` (width of ``forward_head(pre_logits=True)``),
     ``in_chans`` and implement ``forward_features``, ``forward_head``, ``reset_classifier`` and
     ``get_classifier``. ``pretrained_cfg`` is a dict (hub id, input size, mean/std, crop_pct,
-    interpolation) whose ``input_size`` follows the model's actual input size.
+    interpolation) whose ``input_size`` and ``num_classes`` are the model's own (a 7-class model
+    built from scratch says 7, not the 1000 of the ImageNet checkpoint); ``hf_hub_id`` / ``tag``
+    name the pretrained weights of the architecture (what ``pretrained=True`` would load), and
+    ``pretrained_source`` what was actually loaded (``None`` for a model built from scratch).
     """
 
     model_name: str = ""
-    num_classes: int
     num_features: int
     in_chans: int
 
@@ -41,8 +43,30 @@ class VitferModel(nn.Module):
         super().__init__()
         self.pretrained_cfg: dict[str, Any] = {}
 
+    @property
+    def num_classes(self) -> int:
+        """Output classes of the head (0: no head). Setting it (``__init__``, ``reset_classifier``)
+        keeps ``pretrained_cfg["num_classes"]`` equal to it."""
+        try:
+            return self.__dict__["_num_classes"]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__}.num_classes is not set yet") from None
+
+    @num_classes.setter
+    def num_classes(self, value: int) -> None:
+        self.__dict__["_num_classes"] = value
+        pcfg = self.__dict__.get("pretrained_cfg")
+        if pcfg and isinstance(value, int):
+            pcfg["num_classes"] = int(value)
+
     def set_pretrained_cfg(self, cfg: Optional[PretrainedCfg], input_size: Optional[tuple[int, int]] = None) -> None:
+        """``pretrained_cfg`` from the architecture's ``cfg``, with this model's input size and
+        class count."""
         d = cfg.to_dict() if cfg is not None else {}
+        if cfg is not None:
+            d["tag"] = cfg.tag
+            if isinstance(self.__dict__.get("_num_classes"), int):
+                d["num_classes"] = int(self.num_classes)
         if input_size is not None:
             d["input_size"] = (self.in_chans, int(input_size[0]), int(input_size[1]))
         self.pretrained_cfg = d

@@ -15,7 +15,6 @@ load unchanged. Variants are rows of ``CONVIT_VARIANTS``; the width is ``head_di
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,23 +226,29 @@ class ConViT(ClassTokenModel):
         return torch.stack(out)
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: ConViT) -> dict[str, Tensor]:
+def checkpoint_filter_fn(
+    state_dict: dict[str, Tensor], model: ConViT, grid_sizes: dict[str, tuple[int, int]] | None = None
+) -> dict[str, Tensor]:
     """Adapt a timm / facebookresearch ConViT state dict to ``model``.
 
     Unwraps ``{"model": ...}`` (the original repository's checkpoints), drops ``rel_indices``
     (derived, never part of the weights) and resamples ``pos_embed`` (no class slot) to the
     model's grid. timm itself has no filter for ConViT (its ``img_size=`` override cannot load
-    224 weights); the resampling is the same bicubic one as ViT's.
+    224 weights); the resampling is the same bicubic one as ViT's. ``grid_sizes["pos_embed"]``
+    is the checkpoint's own grid where its metadata records it (else square).
     """
+    from ..layers.pos_embed import infer_grid_size
+
     if "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]
     out = {k: v for k, v in state_dict.items() if not k.endswith("rel_indices")}
     pe = out.get("pos_embed")
     if pe is not None and model.pos_embed is not None and pe.shape != model.pos_embed.shape:
-        side = int(math.isqrt(pe.shape[1]))
-        if side * side != pe.shape[1]:
-            raise ValueError(f"pos_embed {tuple(pe.shape)} is not a square grid of patches")
-        out["pos_embed"] = resample_abs_pos_embed(pe, model.patch_embed.grid_size, (side, side), num_prefix_tokens=0)
+        try:
+            old = infer_grid_size(pe.shape[1], (grid_sizes or {}).get("pos_embed"))
+        except ValueError as e:
+            raise ValueError(f"pos_embed {tuple(pe.shape)}: {e}") from e
+        out["pos_embed"] = resample_abs_pos_embed(pe, model.patch_embed.grid_size, old, num_prefix_tokens=0)
     return out
 
 

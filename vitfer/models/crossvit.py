@@ -22,7 +22,6 @@ the position embeddings' grids (``set_input_size`` and :func:`checkpoint_filter_
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -495,13 +494,19 @@ class CrossViT(VitferModel):
         return maps
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: CrossViT) -> dict[str, Tensor]:
+def checkpoint_filter_fn(
+    state_dict: dict[str, Tensor], model: CrossViT, grid_sizes: dict[str, tuple[int, int]] | None = None
+) -> dict[str, Tensor]:
     """Adapt a timm- or IBM-layout CrossViT state dict to ``model``.
 
     IBM's ``pos_embed.0`` / ``cls_token.0`` (an ``nn.ParameterList``) become timm's ``pos_embed_0`` /
     ``cls_token_0`` (timm's own filter: '.' -> '_' in any key naming them); position embeddings
     whose grid differs from the model's are resampled (bicubic, antialiased; class token kept).
+    ``grid_sizes["pos_embed_<i>"]`` is the checkpoint's own grid of branch ``i`` where its metadata
+    records it (non-square included); else it is inferred (square, or the branch's aspect).
     """
+    from ..layers.pos_embed import infer_grid_size
+
     out: dict[str, Tensor] = {}
     for k, v in state_dict.items():
         if "pos_embed" in k or "cls_token" in k:
@@ -513,11 +518,11 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: CrossViT) -> dict
         target = getattr(model, key)
         if p is None or p.shape == target.shape or p.ndim != 3 or p.shape[-1] != target.shape[-1]:
             continue
-        n_old = p.shape[1] - 1
-        side = math.isqrt(n_old)
-        if side * side != n_old:
-            raise ValueError(f"{key}: cannot infer a square grid from {n_old} position embeddings")
-        out[key] = resample_abs_pos_embed(p, pe.grid_size, (side, side), 1)
+        try:
+            old = infer_grid_size(p.shape[1] - 1, (grid_sizes or {}).get(key), pe.grid_size)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from e
+        out[key] = resample_abs_pos_embed(p, pe.grid_size, old, 1)
     return out
 
 

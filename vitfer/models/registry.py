@@ -5,12 +5,16 @@ Every family module registers its variants here when ``vitfer.models`` is import
     from vitfer.models import create_model, list_models
     model = create_model("convit_base", num_classes=7)
 
-An unknown name raises a ``KeyError`` that lists the closest registered names.
+A timm-style ``"arch.tag"`` name (``"resnet18d.a1_in1k"``) builds ``arch`` and selects the hub
+weights ``timm/arch.tag`` for ``pretrained=True`` (:func:`pretrained_tag`, :func:`pretrained_hub_id`);
+the tag is kept in ``model.pretrained_cfg`` (``hf_hub_id``, ``tag``). An unknown name raises a
+``KeyError`` that suggests the closest registered names and ``vitfer models`` / ``list_models()``.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -28,9 +32,12 @@ __all__ = [
     "get_pretrained_cfg",
     "is_model",
     "list_models",
+    "pretrained_hub_id",
+    "pretrained_tag",
     "register_alias",
     "register_family",
     "register_model",
+    "split_model_name",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -101,27 +108,80 @@ def register_alias(alias: str, name: str) -> None:
     _ALIASES[alias] = name
 
 
-def _resolve(name: str) -> str:
-    if name in _REGISTRY:
-        return name
-    if name in _ALIASES:
-        return _ALIASES[name]
-    # Accept timm-style "arch.tag" names: the tag is ignored by the architecture lookup.
-    base = name.split(".", 1)[0]
-    if base != name and (base in _REGISTRY or base in _ALIASES):
-        return _resolve(base)
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+
+
+def _unknown(name: str) -> KeyError:
     known = sorted(_REGISTRY) + sorted(_ALIASES)
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown model {name!r}{hint} (list_models() gives all {len(known)} names)")
+    return KeyError(
+        f"unknown model {name!r}{hint} (all {len(known)} names: `vitfer models` on the command line, "
+        f"vitfer.models.list_models() in Python)"
+    )
+
+
+def split_model_name(name: str) -> tuple[str, Optional[str]]:
+    """``"arch.tag"`` -> ``(registered name of arch, "tag")``; a registered name or alias ->
+    ``(registered name, None)``.
+
+    Raises:
+        KeyError: ``arch`` is not registered (the closest names are suggested) or the tag is not a
+            valid timm tag (letters, digits, ``_``, ``-``, ``.``).
+    """
+    if name in _REGISTRY:
+        return name, None
+    if name in _ALIASES:
+        return _ALIASES[name], None
+    base, dot, tag = name.partition(".")
+    if dot and (base in _REGISTRY or base in _ALIASES):
+        if not _TAG_RE.match(tag):
+            raise KeyError(
+                f"invalid pretrained tag {tag!r} in model name {name!r} (expected 'arch.tag', e.g. 'resnet18d.a1_in1k')"
+            )
+        return split_model_name(base)[0], tag
+    raise _unknown(base if dot else name)
+
+
+def _resolve(name: str) -> str:
+    return split_model_name(name)[0]
 
 
 def is_model(name: str) -> bool:
+    """True for a registered name, an alias, or ``"arch.tag"`` of one."""
     try:
         _resolve(name)
     except KeyError:
         return False
     return True
+
+
+def pretrained_tag(name: str) -> Optional[str]:
+    """The timm pretrained tag in ``name`` (``"a1_in1k"`` for ``"resnet18d.a1_in1k"``), ``None``
+    for a plain registered name or alias."""
+    return split_model_name(name)[1]
+
+
+def pretrained_hub_id(name: str) -> Optional[str]:
+    """The hub repository whose weights ``create_model(name, pretrained=True)`` loads: the
+    architecture's default (``pretrained_cfg.hf_hub_id``) for a plain name, ``timm/<arch>.<tag>``
+    for ``"arch.tag"``. Never another tag than the one asked for.
+
+    Raises:
+        KeyError: unknown model name.
+        ValueError: the name has a tag but the architecture has no timm hub weights to select from.
+    """
+    arch, tag = split_model_name(name)
+    cfg = _REGISTRY[arch].pretrained_cfg
+    hub = cfg.hf_hub_id
+    if tag is None or tag == cfg.tag:
+        return hub
+    if not hub or not hub.startswith("timm/"):
+        raise ValueError(
+            f"{name!r} asks for the pretrained tag {tag!r}, but {arch} has no timm hub weights to choose a tag "
+            f"from (its default source is {hub!r}); pass pretrained='hf-hub:<repo>' or a file instead"
+        )
+    return f"timm/{hub.split('/', 1)[1].split('.', 1)[0]}.{tag}"
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -175,15 +235,29 @@ def create_model(name: str, *, pretrained: Union[bool, str] = False, **overrides
     """Build a registered model.
 
     Args:
-        name: a registered name (``list_models()``), an alias, or ``"arch.tag"``.
+        name: a registered name (``list_models()``), an alias, or ``"arch.tag"``: the tag selects
+            the hub weights ``timm/arch.tag`` for ``pretrained=True`` and is kept in
+            ``model.pretrained_cfg`` (``hf_hub_id``, ``tag``); ``model.model_name`` is ``arch``.
         pretrained: ``False``; ``True`` for the default pretrained weights (``pretrained_cfg``);
             a local checkpoint path; or ``"hf-hub:<repo>[@<revision>]"``.
         **overrides: the family's config fields, e.g. ``num_classes=7``, ``img_size=160``,
             ``drop_path_rate=0.1``. An unknown field is a ``TypeError`` that lists the valid ones.
+
+    ``model.pretrained_cfg["num_classes"]`` is the model's own class count, and
+    ``model.pretrained_source`` what its weights were loaded from (``None``: from scratch).
     """
     spec = get_model_spec(name)
+    tag = pretrained_tag(name)
+    hub_id = pretrained_hub_id(name) if tag is not None else None
     model = spec.builder(**overrides)
     model.model_name = spec.name
+    pcfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(pcfg, dict) and pcfg:
+        if isinstance(getattr(model, "num_classes", None), int):
+            pcfg["num_classes"] = int(model.num_classes)
+        if tag is not None:
+            pcfg["hf_hub_id"], pcfg["tag"] = hub_id, tag
+    model.pretrained_source = None
     if pretrained:
         from vitfer import weights  # imported lazily: it pulls in huggingface_hub
 

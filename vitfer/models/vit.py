@@ -5,7 +5,6 @@ checkpoints load unchanged. Variants are rows of ``VIT_VARIANTS``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,14 +131,25 @@ class VisionTransformer(ClassTokenModel):
         return maps
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
-    """Adapt a timm-layout ViT state dict to ``model``: resample ``pos_embed`` to its grid."""
+def checkpoint_filter_fn(
+    state_dict: dict[str, Tensor],
+    model: VisionTransformer,
+    grid_sizes: dict[str, tuple[int, int]] | None = None,
+) -> dict[str, Tensor]:
+    """Adapt a timm-layout ViT state dict to ``model``: resample ``pos_embed`` to its grid.
+
+    ``grid_sizes["pos_embed"]`` is the checkpoint's own (H, W) patch grid (a vitfer checkpoint's
+    metadata gives it, non-square included); without it the grid is inferred (square, or the
+    model's aspect) by :func:`~vitfer.layers.pos_embed.infer_grid_size`.
+    """
+    from ..layers.pos_embed import infer_grid_size
+
     out = dict(state_dict)
     pe = out.get("pos_embed")
     if pe is not None and pe.shape != model.pos_embed.shape:
         n_old = pe.shape[1] - model.num_prefix_tokens
-        side = int(math.isqrt(n_old))
-        out["pos_embed"] = resample_abs_pos_embed(pe, model.patch_embed.grid_size, (side, side), model.num_prefix_tokens)
+        old = infer_grid_size(n_old, (grid_sizes or {}).get("pos_embed"), model.patch_embed.grid_size)
+        out["pos_embed"] = resample_abs_pos_embed(pe, model.patch_embed.grid_size, old, model.num_prefix_tokens)
     return out
 
 

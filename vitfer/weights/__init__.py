@@ -22,8 +22,8 @@ from .convert import (
     validate_state_dict,
 )
 from .errors import CheckpointError
-from .hub import converted_cache_path, download_hub_checkpoint, fetch_state_dict, vitfer_home
-from .io import atomic_save_safetensors, read_checkpoint
+from .hub import converted_cache_path, download_hub_checkpoint, fetch_state_dict, pretrained_tag, vitfer_home
+from .io import atomic_save_safetensors, read_checkpoint, sniff_format
 from .pretrained import adapt_input_conv, load_pretrained, load_state_dict_strict
 
 __all__ = [
@@ -47,9 +47,11 @@ __all__ = [
     "load_pretrained",
     "load_state_dict_strict",
     "model_metadata",
+    "pretrained_tag",
     "read_checkpoint",
     "read_metadata",
     "save",
+    "sniff_format",
     "validate_state_dict",
     "vitfer_home",
 ]

@@ -6,8 +6,14 @@ The metadata (str -> str) holds one JSON blob under the key ``"vitfer"``::
      "overrides": {"num_classes": 7, "img_size": [160, 160]},   # config fields != the variant's
      "num_classes": 7, "class_names": ["anger", ...], "input_size": [3, 160, 160],
      "mean": [...], "std": [...], "interpolation": "bicubic", "crop_pct": 0.875,
-     "source": "hf-hub:timm/convit_tiny.fb_in1k@main", "vitfer_version": "0.1.0",
-     "created": "2026-01-01T00:00:00Z", ...extra info...}
+     "source": "hf-hub:timm/convit_tiny.fb_in1k@main",
+     "init": "hf-hub:timm/convit_tiny.fb_in1k@main",              # or "scratch"
+     "vitfer_version": "0.1.0", "created": "2026-01-01T00:00:00Z", ...extra info...}
+
+``num_classes`` and the input fields describe the model that was saved (its own head and input
+size), and ``init`` what its weights were initialised from: the pretrained source that
+``create_model(..., pretrained=...)`` loaded (``model.pretrained_source``), or ``"scratch"``; the
+architecture's default ImageNet hub id is never recorded as if it were the weights' source.
 
 ``vitfer.load(path)`` builds ``create_model(model, **overrides)``, loads the tensors strictly and
 returns the model in eval mode with ``class_names`` and ``pretrained_cfg`` set.
@@ -25,8 +31,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .convert import _tuplify
 from .errors import CheckpointError
-from .io import atomic_save_safetensors, read_checkpoint, read_safetensors_metadata
+from .io import TORCH_SUFFIXES, atomic_save_safetensors, read_checkpoint, read_safetensors_metadata, sniff_format
 
 __all__ = ["FORMAT_VERSION", "describe_state_dict", "load", "model_metadata", "read_metadata", "save"]
 
@@ -52,14 +59,6 @@ def _jsonable(v: Any, what: str) -> Any:
     if isinstance(v, (Path, torch.device, torch.dtype)):
         return str(v)
     raise CheckpointError(f"cannot store {what} in checkpoint metadata: {type(v).__name__} {v!r} is not JSON")
-
-
-def _tuplify(v: Any) -> Any:
-    if isinstance(v, list):
-        return tuple(_tuplify(x) for x in v)
-    if isinstance(v, dict):
-        return {k: _tuplify(x) for k, x in v.items()}
-    return v
 
 
 def _pair(v: Any) -> Optional[tuple[int, int]]:
@@ -105,9 +104,20 @@ def _config_overrides(model: nn.Module, name: str) -> dict[str, Any]:
 
 
 def model_metadata(
-    model: nn.Module, class_names: Optional[Sequence[str]] = None, source: Optional[str] = None, **info: Any
+    model: nn.Module,
+    class_names: Optional[Sequence[str]] = None,
+    source: Optional[str] = None,
+    *,
+    init: Optional[str] = None,
+    **info: Any,
 ) -> dict[str, Any]:
-    """The JSON-able description of ``model`` stored by :func:`save`."""
+    """The JSON-able description of ``model`` stored by :func:`save`.
+
+    Args:
+        source: where these weights come from (default ``model.pretrained_source``).
+        init: what the weights were initialised from (default ``model.pretrained_source``, the
+            pretrained source ``create_model`` loaded, or ``"scratch"`` when there is none).
+    """
     from vitfer import __version__
     from vitfer.models.registry import get_model_spec, is_model
 
@@ -141,6 +151,7 @@ def model_metadata(
         "interpolation": pcfg.get("interpolation"),
         "crop_pct": pcfg.get("crop_pct"),
         "source": source if source is not None else getattr(model, "pretrained_source", None),
+        "init": init if init is not None else (getattr(model, "pretrained_source", None) or "scratch"),
         "vitfer_version": __version__,
         "created": _now(),
     }
@@ -188,6 +199,7 @@ def describe_state_dict(model_name: str, sd: Mapping[str, Tensor], info: Mapping
         "std": list(base.get("std") or cfg.std),
         "interpolation": base.get("interpolation") or cfg.interpolation,
         "crop_pct": base.get("crop_pct") or cfg.crop_pct,
+        "init": info.get("source"),
         "vitfer_version": __version__,
         "created": _now(),
     }
@@ -231,15 +243,26 @@ def save(
     *,
     class_names: Optional[Sequence[str]] = None,
     source: Optional[str] = None,
+    init: Optional[str] = None,
     **info: Any,
 ) -> Path:
     """Write ``model``'s state dict to ``path`` (safetensors, atomically) with metadata that
     :func:`load` needs to rebuild it: model name, config overrides, class names, input size,
-    mean/std, interpolation, crop_pct, source, vitfer version, creation time, and ``info``.
+    mean/std, interpolation, crop_pct, source, init (what the weights started from: a pretrained
+    source or ``"scratch"``), vitfer version, creation time, and ``info``.
 
+    The file is always safetensors, whatever the suffix of ``path``: ``.safetensors`` is the
+    recommended name, but ``model.pt`` is accepted too (with a logged warning, since
+    ``torch.load`` cannot read it) and loads with :func:`load`, which tells formats by content.
     Shared or non-contiguous tensors are copied (safetensors refuses shared storage).
     """
-    meta = model_metadata(model, class_names=class_names, source=source, **info)
+    suffix = Path(path).suffix.lower()
+    if suffix in TORCH_SUFFIXES or suffix in (".npz", ".pkl", ".pickle"):
+        _logger.warning(
+            "%s: vitfer.save writes safetensors whatever the suffix; vitfer.load reads it, torch.load does not "
+            "(name it .safetensors to avoid the confusion)", path,
+        )
+    meta = model_metadata(model, class_names=class_names, source=source, init=init, **info)
     sd = model.state_dict()
     _check_rebuildable(meta, sd)
     out = atomic_save_safetensors(sd, path, {"vitfer": json.dumps(meta, sort_keys=True), "format": "pt"})
@@ -247,17 +270,36 @@ def save(
     return out
 
 
+def _no_metadata_message(path: Path, what: str) -> str:
+    return (
+        f"{path} is {what} and carries no vitfer metadata, so it does not say which model it holds (vitfer.load "
+        f"and `vitfer predict` need a checkpoint written by vitfer.save, `vitfer finetune` or `vitfer convert`). "
+        f"Use it as the pretrained weights of a model you name: on the command line `--model NAME --pretrained "
+        f"{path}` (e.g. `vitfer finetune --model NAME --pretrained {path}`), or `vitfer convert --model NAME --from "
+        f"{path} --out DIR` to turn it into a self-describing checkpoint; from Python "
+        f"vitfer.create_model('<model name>', pretrained={str(path)!r})"
+    )
+
+
 def read_metadata(path: PathLike) -> dict[str, Any]:
-    """The vitfer description stored in a checkpoint (raises if the file has none)."""
+    """The vitfer description stored in a checkpoint (raises if the file has none).
+
+    Raises:
+        CheckpointError: the file is missing, is not a checkpoint, or carries no vitfer metadata
+            (a plain timm / torch checkpoint: the message says how to use it instead).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    fmt = sniff_format(path)
+    if fmt == "torch":
+        raise CheckpointError(_no_metadata_message(path, "a plain torch checkpoint (torch.save, e.g. a timm .pth)"))
+    if fmt == "npz":
+        raise CheckpointError(_no_metadata_message(path, "a JAX .npz checkpoint (e.g. Google's ViT release)"))
     meta = read_safetensors_metadata(path)
     if "vitfer" not in meta:
         raise CheckpointError(
-            f"{path} carries no vitfer metadata (a plain state dict, e.g. a timm checkpoint), so it does not say "
-            f"which model it holds; load it into a model you name: vitfer.create_model('<model name>', "
-            f"pretrained={str(path)!r})"
+            _no_metadata_message(path, "a plain safetensors state dict (e.g. a timm checkpoint)")
         )
     try:
         info = json.loads(meta["vitfer"])
@@ -311,6 +353,8 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> nn.M
     for k in ("input_size", "mean", "std", "interpolation", "crop_pct"):
         if info.get(k) is not None:
             pcfg[k] = tuple(info[k]) if isinstance(info[k], list) else info[k]
+    if pcfg:
+        pcfg["num_classes"] = int(model.num_classes)
     model.pretrained_cfg = pcfg
     model.class_names = list(info["class_names"]) if info.get("class_names") else None
     model.pretrained_source = info.get("source")

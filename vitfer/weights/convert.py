@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = [
     "OriginalRelease",
     "build_empty",
     "build_meta",
+    "checkpoint_architecture",
     "classifier_names",
     "convert_checkpoint",
     "convert_convit_original",
@@ -150,16 +152,28 @@ def build_empty(name: str, device: Union[str, torch.device] = "cpu", **overrides
     return model.to_empty(device=device)
 
 
+def _tuplify(v: Any) -> Any:
+    """JSON lists -> tuples (config overrides read back from checkpoint metadata)."""
+    if isinstance(v, list):
+        return tuple(_tuplify(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _tuplify(x) for k, x in v.items()}
+    return v
+
+
 @functools.lru_cache(maxsize=64)
-def _reference(name: str) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], Any]:
-    model = build_meta(name, num_classes=1000)
+def _reference(name: str, overrides_json: str = "") -> tuple[tuple[tuple[str, tuple[int, ...]], ...], Any]:
+    overrides = _tuplify(json.loads(overrides_json)) if overrides_json else {"num_classes": 1000}
+    model = build_meta(name, **overrides)
     shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
     return shapes, getattr(model, "cfg", None)
 
 
-def reference_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    """``{key: shape}`` of the architecture ``name`` at its default config with a 1000-class head."""
-    return dict(_reference(_spec(name).name)[0])
+def reference_shapes(name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of the architecture ``name`` at its default config with a 1000-class head,
+    or, given ``overrides`` (a vitfer checkpoint's config overrides), of the model they describe."""
+    key = json.dumps(dict(overrides), sort_keys=True, default=list) if overrides else ""
+    return dict(_reference(_spec(name).name, key)[0])
 
 
 @functools.lru_cache(maxsize=64)
@@ -268,16 +282,31 @@ def _mismatch_hint(name: str, family: str, sd: Mapping[str, Any], metadata_model
 
 
 def validate_state_dict(
-    name: str, sd: Mapping[str, Any], source: str, metadata_model: Optional[str] = None
+    name: str,
+    sd: Mapping[str, Any],
+    source: str,
+    metadata_model: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
 ) -> None:
     """Check ``sd`` (timm layout) against architecture ``name``; raise :class:`CheckpointError`.
 
     Exact key set and shapes, except for what loading adapts to the model being built: the
     classifier (may be absent; its output size may differ, its input size may not), position
     embeddings (token count may differ: resampled) and the first conv's input channels.
+
+    Args:
+        overrides: the config overrides a vitfer checkpoint's metadata records (``patch_size``,
+            ``img_size`` ...): ``sd`` is checked against the model they describe instead of the
+            architecture's default.
     """
     spec = _spec(name)
-    ref = reference_shapes(spec.name)
+    try:
+        ref = reference_shapes(spec.name, overrides)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{source}: its vitfer metadata describes {spec.name} with the config overrides {dict(overrides or {})}, "
+            f"which this vitfer cannot build: {e}"
+        ) from e
     cfg = spec.pretrained_cfg
     cls_keys = {f"{c}.{p}" for c in classifier_names(cfg) for p in ("weight", "bias")}
     conv_keys = {f"{c}.weight" for c in first_conv_names(cfg)}
@@ -304,7 +333,8 @@ def validate_state_dict(
             shapes.append((k, got, want))
     if missing or unexpected or shapes:
         hint = _mismatch_hint(spec.name, spec.family, sd, metadata_model)
-        raise CheckpointError(format_mismatch(source, spec.name, missing, unexpected, shapes, hint))
+        target = f"{spec.name} with overrides {dict(overrides)}" if overrides else spec.name
+        raise CheckpointError(format_mismatch(source, target, missing, unexpected, shapes, hint))
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,13 +384,32 @@ _CONVERT_TIMM: dict[str, Callable[[str, Mapping[str, Tensor]], dict[str, Tensor]
 
 def convert_timm(
     model_name: str, state_dict: Mapping[str, Tensor], source: str = "state dict",
-    metadata_model: Optional[str] = None,
+    metadata_model: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Tensor]:
-    """A timm state dict of ``model_name`` -> vitfer's, validated against the architecture."""
+    """A timm state dict of ``model_name`` -> vitfer's, validated against the architecture (as
+    ``overrides`` configure it, for a vitfer checkpoint)."""
     spec = _spec(model_name)
     out = _CONVERT_TIMM[spec.family](spec.name, state_dict)
-    validate_state_dict(spec.name, out, source, metadata_model)
+    validate_state_dict(spec.name, out, source, metadata_model, overrides)
     return out
+
+
+def checkpoint_architecture(metadata: Optional[Mapping[str, Any]]) -> tuple[Optional[str], dict[str, Any]]:
+    """``(model name, config overrides)`` that a checkpoint's metadata describes: the ``"vitfer"``
+    JSON of safetensors metadata (str -> str), or that JSON already parsed; ``(None, {})`` if none."""
+    if not metadata:
+        return None, {}
+    info: Any = metadata
+    if "vitfer" in metadata and isinstance(metadata["vitfer"], str):
+        try:
+            info = json.loads(metadata["vitfer"])
+        except ValueError:
+            return None, {}
+    if not isinstance(info, Mapping):
+        return None, {}
+    model = info.get("model")
+    overrides = info.get("overrides") or {}
+    return (model if isinstance(model, str) else None), (_tuplify(dict(overrides)) if isinstance(overrides, Mapping) else {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,14 +693,9 @@ def convert_checkpoint(
         ``"ibm-crossvit-pth"``, ``"torchvision-pth"``.
     """
     spec = _spec(model_name)
-    meta_model = None
-    if metadata and "vitfer" in metadata:
-        import json
-
-        try:
-            meta_model = json.loads(metadata["vitfer"]).get("model")
-        except (ValueError, AttributeError):
-            meta_model = None
+    meta_model, overrides = checkpoint_architecture(metadata)
+    # A vitfer checkpoint of this architecture is checked against the model it describes.
+    arch_overrides = overrides if meta_model is not None and _same_arch(meta_model, spec.name) else None
     if fmt == "npz":
         conv = _NPZ_CONVERTERS.get(spec.family)
         if conv is None:
@@ -671,4 +715,13 @@ def convert_checkpoint(
             sd, layout = convert_vgg_torchvision(tensors), "torchvision-pth"
         else:
             sd, layout = dict(tensors), ("vitfer" if meta_model else "timm")
-    return convert_timm(spec.name, sd, source, meta_model), layout
+    return convert_timm(spec.name, sd, source, meta_model, arch_overrides), layout
+
+
+def _same_arch(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return _spec(a).name == _spec(b).name
+    except KeyError:
+        return False

@@ -2,22 +2,40 @@
 
 Everything is resolved when a function is called, never at import: ``HF_HUB_CACHE`` (or
 ``HF_HOME``/hub) for the hub cache, ``HF_HUB_OFFLINE`` for offline mode (then only cached files
-are used: ``local_files_only=True``), ``VITFER_HOME`` (default ``~/.cache/vitfer``) for vitfer's
-converted files: ``$VITFER_HOME/converted/<owner>--<repo>@<revision>.safetensors``.
+are used: ``local_files_only=True``), ``HF_ENDPOINT`` for the hub's address, ``VITFER_HOME``
+(default ``~/.cache/vitfer``) for vitfer's converted files:
+``$VITFER_HOME/converted/<owner>--<repo>@<revision>.safetensors``.
+
+A converted file records the hub commit (and the sha256) of the file it was converted from. Each
+load first resolves the revision with ``hf_hub_download`` (on the hub, or from the local hub
+cache's ``refs/<revision>`` offline) and uses the converted file only if it was made from that
+commit; when ``refs/main`` has moved, the new file is converted and the cache rewritten. Only when
+the hub file is not available at all (offline, or the hub unreachable, and the hub cache cold)
+is the converted file used as it is.
+
+Before asking the hub (unless offline), a quick TCP connect to the endpoint (or the proxy in
+``HTTPS_PROXY``/``HTTP_PROXY``) checks that it can be reached; if not, only the local caches are
+used and a missing file fails at once with a message that says the hub was unreachable, instead
+of after huggingface_hub's retries. ``VITFER_HUB_PROBE=0`` turns the check off.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from torch import Tensor
 
 from .errors import CheckpointError
-from .io import atomic_save_safetensors, read_checkpoint, sha256_file
+from .io import atomic_save_safetensors, read_checkpoint, read_safetensors_metadata, sha256_file
 
 __all__ = [
     "HF_PREFIX",
@@ -27,8 +45,12 @@ __all__ = [
     "download_hub_checkpoint",
     "fetch_state_dict",
     "hf_cache_dir",
+    "hf_cli",
     "hf_offline",
+    "hub_endpoint",
+    "hub_unreachable",
     "parse_hf_source",
+    "pretrained_tag",
     "vitfer_home",
 ]
 
@@ -37,6 +59,9 @@ _logger = logging.getLogger(__name__)
 HF_PREFIX = "hf-hub:"
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+# Seconds the reachability check waits for a TCP connection to the hub (or proxy).
+PROBE_TIMEOUT_S = 2.5
 
 
 def vitfer_home() -> Path:
@@ -72,6 +97,120 @@ def hf_offline() -> bool:
     return v.strip().lower() in _TRUE
 
 
+def hub_endpoint() -> str:
+    """The hub's address now: ``HF_ENDPOINT`` if set, else huggingface_hub's (``https://huggingface.co``)."""
+    env = os.environ.get("HF_ENDPOINT")
+    if env:
+        return env.rstrip("/")
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT).rstrip("/")
+    except Exception:  # pragma: no cover
+        return "https://huggingface.co"
+
+
+def _probe_target(endpoint: str) -> tuple[Optional[str], int, str]:
+    """(host, port, description) that a request to ``endpoint`` connects to first (the proxy if any)."""
+    url = urllib.parse.urlsplit(endpoint)
+    host, scheme = url.hostname, (url.scheme or "https")
+    try:
+        port = url.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        port = 443
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if proxy and host and not urllib.request.proxy_bypass(host):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        try:
+            pport = p.port or (443 if p.scheme == "https" else 80)
+        except ValueError:
+            pport = 80
+        return p.hostname, pport, f"proxy {p.hostname}:{pport} for {host}"
+    return host, port, f"{host}:{port}"
+
+
+def hub_unreachable(endpoint: Optional[str] = None, timeout: float = PROBE_TIMEOUT_S) -> Optional[str]:
+    """Why the hub cannot be reached (one TCP connect, at most ``timeout`` seconds, name
+    resolution included), or ``None`` when it can (or ``VITFER_HUB_PROBE=0`` turns the check off)."""
+    if os.environ.get("VITFER_HUB_PROBE", "").strip().lower() in _FALSE:
+        return None
+    endpoint = endpoint or hub_endpoint()
+    host, port, what = _probe_target(endpoint)
+    if not host:
+        return f"no host in the endpoint {endpoint!r}"
+    result: list[Optional[str]] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(None)
+        except OSError as e:
+            result.append(f"{what}: {e.strerror or e}")
+
+    t = threading.Thread(target=connect, name="vitfer-hub-probe", daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    if not result:
+        return f"{what}: no answer within {timeout:g} s"
+    return result[0]
+
+
+def hf_cli() -> str:
+    """The command line that the installed huggingface_hub provides: ``hf`` (huggingface_hub >= 0.34)
+    or ``huggingface-cli`` (older)."""
+    try:
+        from importlib.metadata import distribution
+
+        names = {ep.name for ep in distribution("huggingface_hub").entry_points if ep.group == "console_scripts"}
+    except Exception:  # pragma: no cover - metadata missing
+        names = set()
+    if "hf" not in names and "huggingface-cli" in names:
+        return "huggingface-cli"
+    return "hf"
+
+
+class _DropRetryEcho(logging.Filter):
+    """huggingface_hub logs two lines per retry (the error, then "Retrying in Ns [Retry i/n]."):
+    keep the first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Retrying in ") and "[Retry " in msg)
+
+
+@contextlib.contextmanager
+def _hub_logging() -> Iterator[None]:
+    """During a hub call: one line per retry, and each printed once (huggingface_hub's logger has
+    its own stderr handler *and* propagates to the root logger, so with a configured root logger,
+    as on vitfer's command line, every warning came out twice)."""
+    lib = logging.getLogger("huggingface_hub")
+    flt = _DropRetryEcho()
+    # (a logger's filters see only the records logged on it: the modules that log retries)
+    loggers = [logging.getLogger("huggingface_hub.utils._http"), logging.getLogger("huggingface_hub.file_download")]
+    for lg in loggers:
+        lg.addFilter(flt)
+    propagate = lib.propagate
+    if lib.handlers and logging.getLogger().handlers:
+        lib.propagate = False
+    try:
+        yield
+    finally:
+        lib.propagate = propagate
+        for lg in loggers:
+            lg.removeFilter(flt)
+
+
+def pretrained_tag(model_name: str) -> Optional[str]:
+    """The timm tag of ``"arch.tag"`` (``None`` for a plain name); see
+    :func:`vitfer.models.registry.pretrained_tag`."""
+    from .convert import _spec
+    from vitfer.models.registry import pretrained_tag as _tag
+
+    _spec(model_name)  # registers the families, raises for an unknown name
+    return _tag(model_name)
+
+
 def parse_hf_source(source: str) -> tuple[str, Optional[str]]:
     """``"hf-hub:owner/repo@rev"`` (prefix optional) -> ``("owner/repo", "rev")`` (rev ``None`` if absent)."""
     s = source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source
@@ -94,37 +233,60 @@ def _hub_cache_folder(repo_id: str) -> str:
     return os.path.join(_effective_hf_cache_dir(), "models--" + repo_id.replace("/", "--"))
 
 
-def _cold_cache_message(repo_id: str, revision: Optional[str], model_name: str, offline: bool) -> str:
+def _cold_cache_message(
+    repo_id: str, revision: Optional[str], model_name: str, offline: bool, unreachable: Optional[str] = None
+) -> str:
     rev = revision or "main"
     cache = _effective_hf_cache_dir()
     folder = _hub_cache_folder(repo_id)
-    why = "offline mode (HF_HUB_OFFLINE=1) and they are not cached" if offline else "they could not be downloaded"
+    endpoint = hub_endpoint()
+    conv = converted_cache_path(repo_id, revision)
+    f0 = HUB_FILENAMES[0]
+    if offline:
+        why = "offline mode (HF_HUB_OFFLINE=1) and they are not cached"
+    elif unreachable:
+        why = f"the Hugging Face hub {endpoint} could not be reached ({unreachable}) and they are not cached"
+    else:
+        why = "they could not be downloaded"
     return (
         f"pretrained weights for {model_name!r} are not available: {why}.\n"
-        f"  hub file: {repo_id} / {HUB_FILENAMES[0]} (or {HUB_FILENAMES[1]}) at revision {rev!r}\n"
+        f"  hub file: {repo_id} / {f0} (or {HUB_FILENAMES[1]}) at revision {rev!r}\n"
         f"  looked in the Hugging Face cache {cache} (folder {folder})\n"
-        f"  and in vitfer's converted cache {converted_cache_path(repo_id, revision)}\n"
-        f"To place the weights by hand (on a machine with internet):\n"
-        f"  1. download https://huggingface.co/{repo_id}/resolve/{rev}/{HUB_FILENAMES[0]}\n"
-        f"     (or `huggingface-cli download {repo_id} {HUB_FILENAMES[0]} --cache-dir {cache}`, then copy\n"
-        f"     {folder} to this machine's cache:\n"
-        f"     snapshots/<commit>/{HUB_FILENAMES[0]} plus refs/{rev} holding <commit>);\n"
-        f"  2. or pass the file itself: create_model({model_name!r}, pretrained='/path/to/{HUB_FILENAMES[0]}');\n"
-        f"  3. or run `vitfer convert --model {model_name} --out DIR` there and copy DIR/{model_name}.safetensors\n"
-        f"     to {converted_cache_path(repo_id, revision)}."
+        f"  and in vitfer's converted cache {conv}\n"
+        f"On a machine with internet, download {endpoint}/{repo_id}/resolve/{rev}/{f0}, then one of:\n"
+        f"  1. pass the file itself:\n"
+        f"       command line: vitfer finetune --model {model_name} --pretrained /path/to/{f0} ...\n"
+        f"       Python:       create_model({model_name!r}, pretrained='/path/to/{f0}')\n"
+        f"  2. or fill this machine's Hugging Face cache: `{hf_cli()} download {repo_id} {f0} --cache-dir DIR`\n"
+        f"     there, then copy DIR/{os.path.basename(folder)} to {cache}\n"
+        f"     (snapshots/<commit>/{f0} plus refs/{rev} holding <commit>);\n"
+        f"  3. or convert it once: `vitfer convert --model {model_name} --from /path/to/{f0} --out DIR`, then pass\n"
+        f"     DIR/{model_name}.safetensors as the pretrained file (1.) or copy it to {conv}."
     )
 
 
+class _HubUnavailable(CheckpointError):
+    """The hub file is neither downloadable nor cached (the cold-cache message)."""
+
+
 def download_hub_checkpoint(
-    repo_id: str, revision: Optional[str] = None, model_name: str = "this model"
+    repo_id: str,
+    revision: Optional[str] = None,
+    model_name: str = "this model",
+    local_files_only: Optional[bool] = None,
 ) -> tuple[Path, str]:
     """``hf_hub_download`` of ``model.safetensors``, falling back to ``pytorch_model.bin``.
+
+    Args:
+        local_files_only: ``None``: ``HF_HUB_OFFLINE`` decides, and when it is not set the hub's
+            reachability is checked first (:func:`hub_unreachable`; unreachable -> local cache only).
 
     Returns:
         ``(local_path, filename)``.
 
     Raises:
-        CheckpointError: neither file is available (the message says how to place one by hand).
+        CheckpointError: neither file is available (the message says how to place one by hand),
+            the repository or revision does not exist.
     """
     from huggingface_hub import hf_hub_download
 
@@ -142,24 +304,40 @@ def download_hub_checkpoint(
     from vitfer import __version__
 
     offline = hf_offline()
+    unreachable = None
+    if local_files_only is None:
+        local_files_only = offline
+        if not offline:
+            unreachable = hub_unreachable()
+            if unreachable:
+                _logger.warning("the Hugging Face hub is unreachable (%s); using only the local caches", unreachable)
+                local_files_only = True
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now (huggingface_hub reads it at import)
     errors: list[BaseException] = []
     for filename in HUB_FILENAMES:
         try:
-            path = hf_hub_download(
-                repo_id,
-                filename,
-                revision=revision,
-                cache_dir=hf_cache_dir(),
-                library_name="vitfer",
-                library_version=__version__,
-                local_files_only=offline,
-            )
+            with _hub_logging():
+                path = hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=revision,
+                    cache_dir=hf_cache_dir(),
+                    library_name="vitfer",
+                    library_version=__version__,
+                    local_files_only=local_files_only,
+                    endpoint=endpoint.rstrip("/") if endpoint else None,
+                )
             if filename != HUB_FILENAMES[0]:
                 _logger.info("%s has no %s; using %s", repo_id, HUB_FILENAMES[0], filename)
             return Path(path), filename
         except RepositoryNotFoundError as e:
+            hint = ""
+            if repo_id.startswith("timm/") and "." in repo_id:
+                arch, tag = repo_id[len("timm/"):].split(".", 1)
+                hint = (f"; if {model_name!r} names a pretrained tag, {tag!r} may not exist for {arch} "
+                        f"(the tags are at https://huggingface.co/models?search=timm/{arch})")
             raise CheckpointError(
-                f"hub repository {repo_id!r} not found (or it is private / gated): {e}"
+                f"hub repository {repo_id!r} not found (or it is private / gated){hint}: {e}"
             ) from e
         except RevisionNotFoundError as e:
             raise CheckpointError(f"hub repository {repo_id!r} has no revision {revision!r}: {e}") from e
@@ -169,7 +347,7 @@ def download_hub_checkpoint(
             errors.append(e)
         except HfHubHTTPError as e:  # pragma: no cover - network dependent (e.g. 5xx)
             errors.append(e)
-    err = CheckpointError(_cold_cache_message(repo_id, revision, model_name, offline))
+    err = _HubUnavailable(_cold_cache_message(repo_id, revision, model_name, offline, unreachable))
     raise err from (errors[-1] if errors else None)
 
 
@@ -197,26 +375,67 @@ def _converted_metadata(model_name: str, sd: dict[str, Tensor], info: dict[str, 
     return {"vitfer": json.dumps(describe_state_dict(model_name, sd, info), sort_keys=True), "format": "pt"}
 
 
-def _fetch_hub(model_name: str, repo_id: str, revision: Optional[str]) -> FetchResult:
+def _read_converted(model_name: str, cache: Path, src: str) -> FetchResult:
+    """The converted cache file ``cache`` as a :class:`FetchResult` (raises CheckpointError)."""
+    from .convert import convert_checkpoint
+
+    tensors, meta, fmt = read_checkpoint(cache)
+    sd, _ = convert_checkpoint(model_name, tensors, fmt, str(cache), meta)
+    info = _metadata_json(meta)
+    src_info = info.get("source_info", {})
+    extra = {"cache_path": str(cache), "class_names": info.get("class_names")}
+    _logger.info("loaded converted weights of %s from %s (commit %s)", model_name, cache, src_info.get("commit"))
+    return FetchResult(sd, src, src_info.get("layout", "vitfer"), {**src_info, **extra}, info)
+
+
+def _cache_matches(cache: Path, path: Path, filename: str, commit: Optional[str]) -> bool:
+    """Whether the converted file ``cache`` was made from the hub file ``path`` (same commit and
+    file name; the same sha256 where the commit is unknown)."""
+    if not cache.is_file():
+        return False
+    try:
+        src_info = _metadata_json(read_safetensors_metadata(cache)).get("source_info") or {}
+    except CheckpointError as e:
+        _logger.warning("ignoring the unusable converted cache file %s (%s); converting again", cache, e)
+        return False
+    if src_info.get("filename") not in (None, filename):
+        same = False
+    elif commit is not None and src_info.get("commit"):
+        same = src_info["commit"] == commit
+    else:
+        same = bool(src_info.get("sha256")) and src_info.get("sha256") == sha256_file(path)
+    if not same:
+        _logger.info(
+            "the converted cache %s was made from commit %s; the hub file is now commit %s: converting again",
+            cache, src_info.get("commit"), commit,
+        )
+    return same
+
+
+def _fetch_hub(model_name: str, repo_id: str, revision: Optional[str], display_name: Optional[str] = None) -> FetchResult:
     from .convert import convert_checkpoint
 
     src = f"{HF_PREFIX}{repo_id}@{revision or 'main'}"
     cache = converted_cache_path(repo_id, revision)
-    if cache.is_file():
+    try:
+        path, filename = download_hub_checkpoint(repo_id, revision, display_name or model_name)
+    except _HubUnavailable:
+        if cache.is_file():  # offline / unreachable with a cold hub cache: the converted file as it is
+            try:
+                res = _read_converted(model_name, cache, src)
+                _logger.info("the hub file of %s is not available; using the converted cache %s", src, cache)
+                return res
+            except CheckpointError as e:
+                _logger.warning("ignoring the unusable converted cache file %s (%s)", cache, e)
+        raise
+    commit = path.parent.name if path.parent.parent.name == "snapshots" else None
+    if _cache_matches(cache, path, filename, commit):
         try:
-            tensors, meta, fmt = read_checkpoint(cache)
-            sd, _ = convert_checkpoint(model_name, tensors, fmt, str(cache), meta)
-            info = _metadata_json(meta)
-            _logger.info("loaded converted weights of %s from %s", model_name, cache)
-            src_info = info.get("source_info", {})
-            extra = {"cache_path": str(cache), "class_names": info.get("class_names")}
-            return FetchResult(sd, src, src_info.get("layout", "vitfer"), {**src_info, **extra}, info)
+            return _read_converted(model_name, cache, src)
         except CheckpointError as e:
             _logger.warning("ignoring the unusable converted cache file %s (%s); converting again", cache, e)
-    path, filename = download_hub_checkpoint(repo_id, revision, model_name)
     tensors, meta, fmt = read_checkpoint(path)
     sd, layout = convert_checkpoint(model_name, tensors, fmt, f"{repo_id}/{filename}", meta)
-    commit = path.parent.name if path.parent.parent.name == "snapshots" else None
     source_info = {
         "hub_repo": repo_id,
         "revision": revision or "main",
@@ -241,25 +460,32 @@ def fetch_state_dict(model_name: str, source: Union[bool, str, os.PathLike] = Tr
 
     Args:
         model_name: a registered name; a timm-style ``"arch.tag"`` with ``source=True`` fetches
-            ``timm/arch.tag`` instead of the default tag.
+            ``timm/arch.tag`` (:func:`vitfer.models.registry.pretrained_hub_id`), never another
+            tag (an unknown tag is a "repository not found" error). With another ``source`` the
+            tag is only a label.
         source: ``True`` (the model's default ``pretrained_cfg.hf_hub_id``), ``"hf-hub:<repo>[@<rev>]"``,
-            or a local file (``.safetensors``, ``.pth``/``.bin``, ``.npz``) or folder.
+            or a local file (``.safetensors``, ``.pth``/``.bin``, ``.npz``: told by content) or folder.
+
+    A vitfer checkpoint (``vitfer.save``) is validated against the architecture its metadata
+    describes (its config overrides: patch size, image size, classes ...), not the default one.
     """
+    from vitfer.models.registry import pretrained_hub_id
+
     from .convert import _spec, convert_checkpoint
 
     spec = _spec(model_name)
     if source is True:
-        hub_id = spec.pretrained_cfg.hf_hub_id
-        tag = model_name.split(".", 1)[1] if "." in model_name else None
-        if tag and hub_id and hub_id.startswith("timm/") and tag != spec.pretrained_cfg.tag:
-            hub_id = f"timm/{spec.name}.{tag}"  # a timm-style "arch.tag" name asks for that tag's weights
+        try:
+            hub_id = pretrained_hub_id(model_name)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
         if not hub_id:
             raise CheckpointError(f"{spec.name} has no default pretrained weights (pretrained_cfg.hf_hub_id is None)")
         repo, rev = parse_hf_source(hub_id)
-        return _fetch_hub(spec.name, repo, rev)
+        return _fetch_hub(spec.name, repo, rev, model_name)
     if isinstance(source, str) and source.startswith(HF_PREFIX):
         repo, rev = parse_hf_source(source)
-        return _fetch_hub(spec.name, repo, rev)
+        return _fetch_hub(spec.name, repo, rev, model_name)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         tensors, meta, fmt = read_checkpoint(path)

@@ -1,11 +1,20 @@
 """Reading checkpoint files safely and writing safetensors atomically.
 
-* ``.safetensors``: read with :func:`safetensors.torch.load_file`; metadata with ``safe_open``.
-* ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt``: ``torch.load(..., weights_only=True)`` only; a pickle that
-  names anything but tensors and plain containers (e.g. a ``__reduce__`` that would run code) is
-  refused with a :class:`CheckpointError`, nothing from it is executed. ``argparse.Namespace``
-  (the ``args`` entry of DeiT/ConViT-style training checkpoints) is the one extra class allowed.
-* ``.npz`` (Google's JAX ViT releases): ``numpy.load(..., allow_pickle=False)``.
+The format of a file is told from its *content* (:func:`sniff_format`), never from its name: a
+``model.pt`` that holds safetensors (``vitfer.save`` writes safetensors whatever the suffix) reads
+as safetensors, a ``.safetensors`` that holds a ``torch.save`` zip reads as torch, and content
+that is none of the formats below is a :class:`CheckpointError` naming the file and what its first
+bytes look like (HTML error page, git-lfs pointer, empty file ...).
+
+* safetensors (8-byte little-endian header length, then a JSON header ``{...``): read with
+  :func:`safetensors.torch.load_file`; metadata with ``safe_open``.
+* ``torch.save`` (a zip archive with ``data.pkl``, or a legacy pickle stream starting with
+  ``0x80``): ``torch.load(..., weights_only=True)`` only; a pickle that names anything but tensors
+  and plain containers (e.g. a ``__reduce__`` that would run code) is refused with a
+  :class:`CheckpointError`, nothing from it is executed. ``argparse.Namespace`` (the ``args``
+  entry of DeiT/ConViT-style training checkpoints) is the one extra class allowed.
+* ``.npz`` (Google's JAX ViT releases; a zip archive of ``.npy`` members):
+  ``numpy.load(..., allow_pickle=False)``.
 
 Writes go to a temporary file in the target's folder, are flushed and fsync'ed, then moved into
 place with ``os.replace``: a reader never sees a half-written file, and an error (or a kill)
@@ -34,13 +43,16 @@ from torch import Tensor
 from .errors import CheckpointError
 
 __all__ = [
+    "CHECKPOINT_FORMATS",
     "TORCH_SUFFIXES",
     "atomic_save_safetensors",
     "atomic_write",
     "atomic_write_text",
+    "describe_content",
     "read_checkpoint",
     "read_safetensors_metadata",
     "sha256_file",
+    "sniff_format",
     "unwrap_state_dict",
 ]
 
@@ -48,6 +60,12 @@ _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+# What sniff_format returns.
+CHECKPOINT_FORMATS = ("safetensors", "torch", "npz")
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80  # the PROTO opcode that starts every pickle of protocol >= 2 (legacy torch.save)
+# A safetensors header larger than this is not a header (safetensors itself refuses > 100 MB).
+_MAX_ST_HEADER = 100_000_000
 # Containers that training scripts wrap a state dict in, most specific first.
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "module", "net")
 
@@ -71,16 +89,108 @@ def _describe(path: Path) -> str:
         return str(path)
 
 
-def read_safetensors_metadata(path: PathLike) -> dict[str, str]:
-    """The str -> str metadata of a safetensors file ({} when it has none)."""
+def describe_content(path: PathLike, head: Optional[bytes] = None) -> str:
+    """What the first bytes of ``path`` look like, in words (for error messages)."""
     path = Path(path)
+    if head is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(64)
+        except OSError as e:
+            return f"unreadable ({e.strerror or e})"
+    if not head:
+        return "an empty file"
+    text = head.lstrip()
+    low = text[:64].lower()
+    if low.startswith(b"version https://git-lfs"):
+        return "a git-lfs pointer file (the real file was never fetched: run `git lfs pull`)"
+    if low.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return "an HTML/XML page (a failed or redirected download?)"
+    if low.startswith((b"{", b"[")):
+        return "JSON text (a config or an error response, not weights)"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array (not an .npz archive of named arrays)"
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip archive (unpack it first)"
+    if head.startswith(_ZIP_MAGIC):
+        return "a zip archive that is neither a torch.save checkpoint nor an .npz"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head[:32]):
+        preview = head[:32].decode("ascii", "replace").replace("\n", "\\n")
+        return f"text starting with {preview!r}"
+    return f"binary data starting with bytes {head[:8].hex(' ')}"
+
+
+def _zip_kind(path: Path) -> Optional[str]:
+    """``"npz"``, ``"torch"`` or ``None`` (unknown zip) for a file starting with the zip magic; a
+    zip whose directory cannot be read (truncated) counts as torch, so that torch's reader
+    reports it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return "torch"
+    if names and all(n.endswith(".npy") for n in names):
+        return "npz"
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return "torch"
+    return None
+
+
+def sniff_format(path: PathLike) -> str:
+    """The checkpoint format of ``path`` told from its content: ``"safetensors"``, ``"torch"`` or
+    ``"npz"`` (see the module docstring for the magic bytes).
+
+    Raises:
+        CheckpointError: the file is missing, or its content is none of these; the message names
+            the file and what it looks like.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file not found: {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read the checkpoint file {path}: {e}") from e
+    # safetensors first: its header length may well start with the byte 0x80 of a pickle.
+    if len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= _MAX_ST_HEADER:
+        return "safetensors"  # (a header longer than the file: truncated; its reader says so)
+    if head.startswith(_ZIP_MAGIC):
+        kind = _zip_kind(path)
+        if kind is not None:
+            return kind
+    elif head[:1] == bytes([_PICKLE_PROTO]):
+        return "torch"
+    what = describe_content(path, head)
+    if 0 < size < 9 and what.startswith("binary"):
+        what = f"only {size} bytes long, too short for any checkpoint format (truncated?)"
+    raise CheckpointError(
+        f"{_describe(path)} is not a checkpoint vitfer can read: it is {what}. vitfer reads safetensors, "
+        f"torch.save (.pth/.pt/.bin) and JAX .npz files, whatever their names; delete the file and "
+        f"download / convert it again"
+    )
+
+
+def read_safetensors_metadata(path: PathLike) -> dict[str, str]:
+    """The str -> str metadata of a safetensors file ({} when it has none).
+
+    Raises:
+        CheckpointError: the file is not safetensors (the message says what it is instead), or
+            it cannot be read.
+    """
+    path = Path(path)
+    fmt = sniff_format(path)
+    if fmt != "safetensors":
+        what = "a torch.save checkpoint" if fmt == "torch" else "a JAX .npz archive"
+        raise CheckpointError(f"{_describe(path)} is not a safetensors file: its content is {what}")
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
-            f"cannot read the safetensors file {_describe(path)}: {e}. The file is truncated or not "
-            f"a safetensors file; delete it and download / convert it again"
+            f"cannot read the safetensors file {_describe(path)}: {e}. The file is truncated or corrupt; "
+            f"delete it and download / convert it again"
         ) from e
 
 
@@ -104,10 +214,17 @@ def _allow_namespace():
 
 def _read_torch(path: Path) -> Any:
     try:
-        with _allow_namespace():
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+        # From an open file, not a name: torch.load picks a reader from a ".safetensors" suffix itself.
+        with _allow_namespace(), open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
+        if any("unsupported operand" in ln.lower() for ln in first):  # junk bytes, not a refused class
+            raise CheckpointError(
+                f"cannot read the torch checkpoint {_describe(path)}: its pickle stream is invalid "
+                f"({next(ln.strip() for ln in first if 'unsupported operand' in ln.lower())}). The file is "
+                f"truncated, corrupt or not a torch.save file"
+            ) from e
         detail = next((ln.strip() for ln in first if "global" in ln.lower()), first[0] if first else "")
         raise CheckpointError(
             f"refusing to load {_describe(path)}: its pickle holds objects other than tensors and plain "
@@ -115,10 +232,10 @@ def _read_torch(path: Path) -> Any:
             f"and never runs code from a checkpoint. If you trust the file, re-save its state dict "
             f"(torch.save(model.state_dict(), ...)) or convert it to safetensors yourself"
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # RuntimeError, EOFError, BadZipFile, KeyError (bad opcode), ...
         raise CheckpointError(
             f"cannot read the torch checkpoint {_describe(path)}: {type(e).__name__}: {str(e).rstrip('. ')}. "
-            f"The file is truncated or not a torch.save file"
+            f"The file is truncated, corrupt or not a torch.save file"
         ) from e
 
 
@@ -164,12 +281,17 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
 
 
 def read_checkpoint(path: PathLike, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str], str]:
-    """Read a checkpoint file safely.
+    """Read a checkpoint file safely; its format is told from its content (:func:`sniff_format`),
+    whatever its name.
 
     Returns:
         ``(tensors, metadata, fmt)``: ``tensors`` maps names to ``torch.Tensor`` (``np.ndarray``
         for ``fmt == "npz"``), ``metadata`` is the safetensors metadata ({} otherwise), ``fmt`` is
         ``"safetensors"``, ``"torch"`` or ``"npz"``.
+
+    Raises:
+        CheckpointError: missing file, content of no supported format, truncated / corrupt file,
+            or a pickle that would run code; the message names the file.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -179,30 +301,14 @@ def read_checkpoint(path: PathLike, device: str = "cpu") -> tuple[dict[str, Any]
         raise CheckpointError(f"{path} is a folder without model.safetensors or pytorch_model.bin")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
+    fmt = sniff_format(path)
+    if fmt == "safetensors":
         tensors, meta = _read_safetensors(path, device)
         return tensors, meta, "safetensors"
-    if suffix == ".npz":
+    if fmt == "npz":
         return _read_npz(path), {}, "npz"
-    if suffix in TORCH_SUFFIXES:
-        sd = unwrap_state_dict(_read_torch(path), str(path))
-        return ({k: v.to(device) for k, v in sd.items()} if device != "cpu" else sd), {}, "torch"
-    # Unknown suffix: sniff the first bytes (a zip is torch.save or npz; else try safetensors).
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:2] == b"PK":
-        try:
-            with zipfile.ZipFile(path) as z:
-                is_npz = all(n.endswith(".npy") for n in z.namelist())
-        except zipfile.BadZipFile:
-            is_npz = False
-        if is_npz:
-            return _read_npz(path), {}, "npz"
-        sd = unwrap_state_dict(_read_torch(path), str(path))
-        return sd, {}, "torch"
-    tensors, meta = _read_safetensors(path, device)
-    return tensors, meta, "safetensors"
+    sd = unwrap_state_dict(_read_torch(path), str(path))
+    return ({k: v.to(device) for k, v in sd.items()} if device != "cpu" else sd), {}, "torch"
 
 
 def _prepare_for_safetensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -2,10 +2,12 @@
 
 ``vitfer.models.create_model(name, pretrained=...)`` calls :func:`load_pretrained`, which
 
-1. gets a validated state dict for the *architecture's* default config
-   (:func:`vitfer.weights.hub.fetch_state_dict`: hub + converted cache, or a local file);
-2. adapts it to this model: the family's ``checkpoint_filter_fn(state_dict, model)`` (resamples
-   position embeddings for another ``img_size``), the first conv for another ``in_chans``
+1. gets a validated state dict for the *architecture's* default config, or for the config a
+   vitfer checkpoint's metadata records (:func:`vitfer.weights.hub.fetch_state_dict`: hub +
+   converted cache, or a local file);
+2. adapts it to this model: the family's ``checkpoint_filter_fn(state_dict, model, grid_sizes)``
+   (resamples position embeddings for another ``img_size``, from the checkpoint's own patch grid
+   where its metadata gives it, non-square ones included), the first conv for another ``in_chans``
    (:func:`adapt_input_conv`, as timm), and the classifier: a checkpoint head whose class count
    differs from the model's (or a checkpoint without head) leaves the model's freshly initialised
    head in place (logged);
@@ -13,16 +15,24 @@
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
-from typing import Iterable, Mapping, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from torch import Tensor, nn
 
 from .errors import CheckpointError
 
-__all__ = ["adapt_input_conv", "adapt_state_dict", "load_pretrained", "load_state_dict_strict"]
+__all__ = [
+    "adapt_input_conv",
+    "adapt_state_dict",
+    "checkpoint_grid_sizes",
+    "load_pretrained",
+    "load_state_dict_strict",
+    "pos_embed_grid_sizes",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -89,10 +99,42 @@ def _classifiers(model: nn.Module, spec) -> tuple[str, ...]:
     return classifier_names(pcfg) or classifier_names(spec.pretrained_cfg)
 
 
+def pos_embed_grid_sizes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{position-embedding key: (H, W) patch grid}`` of a transformer (``pos_embed``, or
+    ``pos_embed_<i>`` per CrossViT branch); ``{}`` for a CNN."""
+    pe = getattr(model, "patch_embed", None)
+    if isinstance(pe, nn.ModuleList):
+        return {f"pos_embed_{i}": (int(p.grid_size[0]), int(p.grid_size[1]))
+                for i, p in enumerate(pe) if getattr(p, "grid_size", None) is not None}
+    grid = getattr(pe, "grid_size", None) if pe is not None else None
+    return {"pos_embed": (int(grid[0]), int(grid[1]))} if grid is not None else {}
+
+
+def checkpoint_grid_sizes(model_name: str, base: Optional[Mapping[str, Any]]) -> Optional[dict[str, tuple[int, int]]]:
+    """The position-embedding grids of the model that a checkpoint's vitfer metadata ``base``
+    describes (its model name and config overrides: ``img_size``, ``patch_size`` ...), if it
+    describes ``model_name``'s architecture; ``None`` otherwise (no metadata: the grid is inferred)."""
+    from .convert import _same_arch, build_meta, checkpoint_architecture
+
+    name, overrides = checkpoint_architecture(base)
+    if name is None or not _same_arch(name, model_name):
+        return None
+    try:
+        return pos_embed_grid_sizes(build_meta(name, **overrides))
+    except Exception as e:  # the validation already built it; never hide the real error behind this one
+        _logger.debug("cannot rebuild %s with %s for its grid sizes: %s", name, overrides, e)
+        return None
+
+
 def adapt_state_dict(
-    model: nn.Module, sd: dict[str, Tensor], model_name: str, source: str
+    model: nn.Module,
+    sd: dict[str, Tensor],
+    model_name: str,
+    source: str,
+    base: Optional[Mapping[str, Any]] = None,
 ) -> tuple[dict[str, Tensor], list[str]]:
-    """Adapt an architecture-default state dict to ``model`` (img_size, in_chans, num_classes).
+    """Adapt a state dict of the architecture (default config, or the config that a vitfer
+    checkpoint's metadata ``base`` records) to ``model`` (img_size, in_chans, num_classes).
 
     Returns:
         ``(state_dict, head_keys_left_to_init)``: the model keys that keep their fresh init.
@@ -103,11 +145,13 @@ def adapt_state_dict(
     module = import_family(spec.family)
     sd = dict(sd)
 
-    # 1. position embeddings (and any other family-specific adaptation)
+    # 1. position embeddings (and any other family-specific adaptation), from the checkpoint's grid
     filter_fn = getattr(module, "checkpoint_filter_fn", None) if module is not None else None
     if filter_fn is not None:
+        grids = checkpoint_grid_sizes(spec.name, base)
+        kwargs = {"grid_sizes": grids} if grids and "grid_sizes" in inspect.signature(filter_fn).parameters else {}
         try:
-            sd = dict(filter_fn(sd, model))
+            sd = dict(filter_fn(sd, model, **kwargs))
         except CheckpointError:
             raise
         except Exception as e:
@@ -126,20 +170,26 @@ def adapt_state_dict(
     # 3. classifier
     fresh: list[str] = []
     heads = _classifiers(model, spec)
-    ckpt_head = [c for c in heads if f"{c}.weight" in sd]
-    model_head = [k for c in heads for k in (f"{c}.weight", f"{c}.bias") if k in expected]
+    def under_head(k: str) -> bool:
+        return any(k.startswith(c + ".") for c in heads)
+
+    # A head is every key under a classifier prefix: one Linear (``fc.weight``) or an MLP
+    # (``fc.0.weight`` ... ``fc.6.bias``, ResNet's ``head_hidden``).
+    ckpt_keys = [k for k in sd if under_head(k)]
+    model_head = [k for k in expected if under_head(k)]
     num_classes = int(getattr(model, "num_classes", 0))
-    if ckpt_head:
-        ckpt_classes = int(sd[f"{ckpt_head[0]}.weight"].shape[0])
-        if ckpt_classes != num_classes or not model_head:
-            for c in heads:
-                sd.pop(f"{c}.weight", None)
-                sd.pop(f"{c}.bias", None)
+    if ckpt_keys:
+        ckpt_classes = next((int(sd[f"{c}.weight"].shape[0]) for c in heads if f"{c}.weight" in sd), None)
+        same = set(ckpt_keys) == set(model_head) and all(sd[k].shape == expected[k].shape for k in ckpt_keys)
+        if not same:
+            for k in ckpt_keys:
+                sd.pop(k)
             fresh = model_head
             if model_head:
+                what = f"{ckpt_classes} classes" if ckpt_classes is not None else "another layout"
                 _logger.info(
-                    "%s: the checkpoint's classifier has %d classes, the model %d: re-initialised %s",
-                    spec.name, ckpt_classes, num_classes, ", ".join(model_head),
+                    "%s: the checkpoint's classifier (%s) does not fit the model's (%d classes): re-initialised %s",
+                    spec.name, what, num_classes, ", ".join(model_head),
                 )
             else:
                 _logger.info("%s: model has no classifier (num_classes=0); dropped the checkpoint's", spec.name)
@@ -166,7 +216,7 @@ def load_pretrained(
     from .hub import fetch_state_dict
 
     res = fetch_state_dict(model_name, source)
-    sd, fresh = adapt_state_dict(model, res.state_dict, model_name, res.source)
+    sd, fresh = adapt_state_dict(model, res.state_dict, model_name, res.source, res.base)
     load_state_dict_strict(model, sd, res.source, allow_missing=fresh)
     model.pretrained_source = res.source
     if not fresh and res.info.get("class_names"):
