@@ -78,11 +78,14 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from vitfer.weights.checkpoint import _check_rebuildable, describe_state_dict
     from vitfer.weights.convert import _spec
-    from vitfer.weights.hub import HF_PREFIX, fetch_state_dict
+    from vitfer.weights.hub import HF_PREFIX, fetch_state_dict, pretrained_tag
     from vitfer.weights.io import atomic_save_safetensors, sha256_file
     from vitfer.weights.manifest import update_manifest_entry
 
     spec = _spec(args.model)
+    tag = pretrained_tag(args.model)
+    # "arch.tag" keeps its tag: it selects the hub weights and names the output and manifest entry.
+    name = f"{spec.name}.{tag}" if tag else spec.name
     src = args.source
     if src == "hub":
         source: Any = True
@@ -90,7 +93,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         source = src
     else:
         source = Path(src)
-    res = fetch_state_dict(spec.name, source)
+    res = fetch_state_dict(name, source)
     if res.source.startswith(HF_PREFIX):
         src_info = {k: res.info.get(k) for k in ("hub_repo", "revision", "commit", "filename", "sha256")}
         src_info["layout"] = res.layout
@@ -98,10 +101,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         path = Path(res.source)
         src_info = {"file": path.name, "sha256": sha256_file(path) if path.is_file() else None, "layout": res.layout}
     info = {"source": res.source, "source_info": src_info, "base": res.base}
+    if tag:
+        info["tag"] = tag
     meta = describe_state_dict(spec.name, res.state_dict, info)
     _check_rebuildable(meta, res.state_dict)
     out_dir = Path(args.out)
-    out = out_dir / f"{spec.name}.safetensors"
+    out = out_dir / f"{name}.safetensors"
     atomic_save_safetensors(res.state_dict, out, {"vitfer": json.dumps(meta, sort_keys=True), "format": "pt"})
     record = {
         "file": out.name,
@@ -113,9 +118,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         "vitfer_version": meta["vitfer_version"],
     }
     manifest = Path(args.manifest) if args.manifest else out_dir / "manifest.json"
-    entry = update_manifest_entry(manifest, spec.name, record)
+    entry = update_manifest_entry(manifest, name, record)
     print(f"wrote {out} ({record['bytes'] / 1e6:.1f} MB, sha256 {record['sha256'][:16]}...)")
-    print(f"manifest {manifest}, entry {spec.name}:")
+    print(f"manifest {manifest}, entry {name}:")
     print(json.dumps(entry, indent=2, sort_keys=True))
     return 0
 
@@ -178,8 +183,63 @@ def _size(text: str) -> Any:
     return v or None
 
 
+def _fold(text: str) -> Any:
+    if text == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold number or 'all', got {text!r}") from None
+
+
+_PARSERS: dict[str, argparse.ArgumentParser] = {}
+_UNSET = object()
+
+
+def _explicit_args(command: str, argv: Sequence[str]) -> set[str]:
+    """The options of ``command`` that ``argv`` sets (not left at their defaults)."""
+    parser = _PARSERS[command]
+    ns = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
+    tail = list(argv)[list(argv).index(command) + 1:] if command in argv else list(argv)
+    parser.parse_known_args(tail, ns)
+    return {k for k, v in vars(ns).items() if v is not _UNSET}
+
+
+class _Progress:
+    """The CLI's view of a run (an engine :class:`~vitfer.engine.Callback`): a tqdm bar per epoch
+    (loss, images/s, time left) where stderr is a terminal; elsewhere the engine's one line an
+    epoch is enough."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_start(self, info: dict[str, Any]) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=info["steps_per_epoch"], desc=f"epoch {info['epoch']}/{info['epochs']}",
+                        unit="step", leave=False, dynamic_ncols=True)
+
+    def on_step(self, info: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            rate = self.bar.format_dict.get("rate") or 0.0
+            self.bar.set_postfix(loss=f"{info['loss']:.3f}", img_s=f"{rate * info['images']:.0f}", refresh=False)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_train_end(self, result: dict[str, Any]) -> None:
+        self.on_epoch_end({})
+
+
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from vitfer.train import AMP_MODES, DATASET_KINDS, OPTIMIZERS, SPLIT_KINDS, FinetuneConfig
+    from vitfer.engine import AMP_MODES, DATASET_KINDS, OPTIMIZERS, SPLIT_KINDS, FinetuneConfig
+    from vitfer.engine.config import HEADS, RECIPES, SCHEDULES
 
     d = FinetuneConfig()
     p = sub.add_parser(
@@ -190,6 +250,11 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         "metrics.json (test accuracy, UAR, macro-F1, per-class accuracy, confusion matrix).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                   help="named defaults, every one overridable: scratch (AdamW, 48 px; the default without "
+                   "--pretrained), thesis (the study: SGD lr 0.003, batch 10, 50 epochs, ImageNet weights at the "
+                   "model's size), thesis-resnet (frozen ResNet, 3-layer MLP head, Adam 5e-4), thesis-svm (frozen "
+                   "features + linear SVM)")
     p.add_argument("--model", default=d.model, help="registered model name (`vitfer models`), or timm-style NAME.TAG")
     p.add_argument("--dataset", default=d.dataset, choices=DATASET_KINDS,
                    help="synthetic = the built-in drawn faces (no files needed)")
@@ -197,7 +262,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="dataset folder (ckplus48/jaffe: default $VITFER_DATA_DIR; folder: required)")
     p.add_argument("--split", default=d.split, choices=SPLIT_KINDS,
                    help="random (the study's), subject (no person on both sides), kfold, subject-kfold")
-    p.add_argument("--fold", type=int, default=d.fold, help="test fold of the k-fold splits (0 .. n-folds - 1)")
+    p.add_argument("--fold", type=_fold, default=d.fold,
+                   help="test fold of the k-fold splits (0 .. n-folds - 1), or 'all': every fold in OUT/fold-K, "
+                   "then OUT/summary.json and summary.md (finished folds are skipped on a rerun)")
     p.add_argument("--n-folds", type=int, default=d.n_folds, help="folds of the k-fold splits")
     p.add_argument("--val-size", type=float, default=d.val_size,
                    help="fraction of the training side held out to pick the best epoch (0: none, keep the last)")
@@ -212,6 +279,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimiser step")
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimiser (sgd: momentum 0.9)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="lr after the warm-up")
+    p.add_argument("--freeze", default=d.freeze,
+                   help="none, backbone (train the head only) or N (train the last N blocks / stages and the head)")
+    p.add_argument("--head", default=d.head, choices=HEADS,
+                   help="linear, mlp (hidden layers 512, 256) or svm (linear SVM on frozen features; needs "
+                   "--freeze backbone and the svm extra)")
     p.add_argument("--lr", type=float, default=None, help="peak lr (default: 1e-3 for CNNs, 1e-4 for transformers)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="decoupled weight decay (none on biases, norms, tokens, position embeddings)")
@@ -224,7 +298,12 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="mixed precision (bf16 autocast)")
     p.add_argument("--out", default=None, help="run folder (default: a new runs/<model>-<dataset>-<date>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last finished epoch (its stored config; options "
+                   "given must match it)")
+    p.add_argument("--quiet", action="store_true", help="no progress output (the results are still printed)")
     p.set_defaults(func=_cmd_finetune)
+    _PARSERS["finetune"] = p
 
 
 def _format_metrics(test: dict[str, Any]) -> list[str]:
@@ -238,21 +317,60 @@ def _format_metrics(test: dict[str, Any]) -> list[str]:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from vitfer.train import FinetuneConfig, finetune
+    import dataclasses
+
+    from vitfer.engine import FinetuneConfig, finetune, run_folds
 
     pretrained: Any = False
     if args.pretrained:
         pretrained = True if args.pretrained == "hub" else args.pretrained
-    cfg = FinetuneConfig(
+    given = dict(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, split=args.split, fold=args.fold,
         n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size,
         patch_size=args.patch_size, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         label_smoothing=args.label_smoothing, synthetic_n=args.synthetic_n, seed=args.seed, device=args.device,
-        amp=args.amp, out_dir=args.out, overwrite=args.overwrite,
+        amp=args.amp, out_dir=args.out, overwrite=args.overwrite, momentum=args.momentum, schedule=args.schedule,
+        freeze=args.freeze, head=args.head,
     )
-    _progress_to_stdout("vitfer.train", "vitfer.data")
-    res = finetune(cfg)
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    explicit = {{"out": "out_dir"}.get(k, k) for k in _explicit_args("finetune", args.argv)} & fields
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise ValueError(f"--resume {args.resume} and --out {args.out} name different folders")
+        try:
+            stored = json.loads((Path(args.resume) / "config.json").read_text())["config"]
+        except FileNotFoundError:
+            raise ValueError(f"--resume {args.resume}: no run there (no config.json)") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--resume {args.resume}: its config.json is unreadable ({e})") from e
+        values = {k: v for k, v in stored.items() if k in fields}
+        values.update({k: given[k] for k in explicit if k in given})
+        values["out_dir"] = args.resume
+        cfg = FinetuneConfig(**values)
+    else:
+        if args.fold == "all":
+            given["fold"] = 0
+        recipe = args.recipe or ("scratch" if not pretrained else None)
+        if recipe:  # the recipe's defaults, then what the command line sets
+            cfg = FinetuneConfig.from_recipe(recipe, **{k: given[k] for k in explicit if k in given})
+        else:
+            cfg = FinetuneConfig(**given)
+    if not args.quiet:
+        _progress_to_stdout("vitfer.engine", "vitfer.data")
+    callbacks = [_Progress()] if not args.quiet and sys.stderr.isatty() else []
+    if args.fold == "all":
+        if not cfg.out_dir:
+            from vitfer.engine import default_out_dir
+
+            cfg = dataclasses.replace(cfg, out_dir=str(default_out_dir(cfg, label=cfg.split)))
+        summary = run_folds(cfg, callbacks=callbacks)
+        from vitfer.engine.cv import summary_markdown
+
+        print(summary_markdown(summary))
+        print(f"summary: {Path(cfg.out_dir) / 'summary.json'} and summary.md")
+        return 0
+    res = finetune(cfg, resume=bool(args.resume), callbacks=callbacks)
     for line in _format_metrics(res["test"]):
         print(line)
     print(f"run folder: {res['out_dir']}")
@@ -304,9 +422,64 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- evaluate -----------------------------------------------------------------------------------
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from vitfer.engine import DATASET_KINDS, SPLIT_KINDS
+
+    p = sub.add_parser(
+        "evaluate", help="metrics of a checkpoint on its run's test split or on another dataset",
+        description="Accuracy, UAR, macro-F1, per-class accuracy and confusion matrix of CKPT. Without --dataset: "
+        "the data, split, fold and seed the checkpoint's run used (its test accuracy, reproduced). With --dataset: "
+        "that data (every image unless --split); classes are matched by expression, so a CK+48 model is scored on "
+        "JAFFE's shared expressions.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="a checkpoint written by vitfer finetune")
+    p.add_argument("--dataset", default=None, choices=DATASET_KINDS, help="evaluate on this data (default: the run's)")
+    p.add_argument("--data-dir", default=None, help="its folder (ckplus48/jaffe: default $VITFER_DATA_DIR)")
+    p.add_argument("--split", default=None, choices=("all", *SPLIT_KINDS),
+                   help="all images, or the --part of this split (default: the run's split; all for another dataset)")
+    p.add_argument("--part", default="test", choices=("train", "val", "test"), help="which part of the split")
+    p.add_argument("--fold", type=int, default=None, help="fold of a k-fold split (default: the run's)")
+    p.add_argument("--n-folds", type=int, default=None, help="folds of a k-fold split (default: the run's)")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from vitfer.engine import evaluate_checkpoint
+
+    res = evaluate_checkpoint(
+        args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split, part=args.part,
+        fold=args.fold, n_folds=args.n_folds, seed=args.seed, device=args.device, batch_size=args.batch_size,
+    )
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    where = f"{res['dataset']}, " + ("all images" if res["split"] == "all" else f"{res['part']} part of the {res['split']} split")
+    if "fold" in res:
+        where += f" (fold {res['fold']} of {res['n_folds']})"
+    print(f"{res['model']} on {where}, seed {res['seed']}")
+    if "cross_dataset" in res:
+        c = res["cross_dataset"]
+        print(f"shared expressions: {', '.join(c['shared'])}; left out: {', '.join(c['dataset_only']) or 'none'} "
+              f"({c['images_left_out']} images)")
+    for line in _format_metrics(res):
+        print(line)
+    print("confusion matrix (rows: true class, columns: predicted):")
+    names = list(res["per_class_accuracy"])
+    w = max(len(str(n)) for n in names)
+    for name, row in zip(names, res["confusion"]):
+        print(f"  {name:<{w}} " + " ".join(f"{v:4d}" for v in row))
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------
 _ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_models, _add_convert, _add_manifest, _add_finetune, _add_predict,
+    _add_models, _add_convert, _add_manifest, _add_finetune, _add_predict, _add_evaluate,
 ]
 
 
@@ -382,10 +555,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _vitfer_errors() -> tuple[type[BaseException], ...]:
-    from vitfer.train import TrainingError
+    from vitfer.engine import TrainingError
     from vitfer.weights.errors import CheckpointError
 
-    return (CheckpointError, TrainingError, KeyError, TypeError, ValueError, OSError)
+    return (CheckpointError, TrainingError, KeyError, TypeError, ValueError, OSError, ImportError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -393,7 +566,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     error vitfer reports (one line on stderr, no traceback), 1 a command that partly failed
     (``predict`` with an unreadable image)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     _setup_logging(args.verbose)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import DropPath, check_input
+from ..layers.classifier import classifier_head
 from .base import VitferModel
 from .registry import PretrainedCfg, create_model, register_family
 
@@ -42,6 +43,7 @@ class ResNetConfig:
     num_classes: int = 1000
     in_chans: int = 3
     drop_rate: float = 0.0  # dropout before the classifier
+    head_hidden: tuple[int, ...] = ()  # hidden widths of an MLP classifier (() = one Linear, as timm)
     drop_path_rate: float = 0.0  # stochastic depth, linear in the block index
     zero_init_last: bool = True  # zero the last BN of each residual branch at init
     channels_last: bool = True  # run in channels-last memory format (faster with oneDNN on CPU)
@@ -188,7 +190,8 @@ class ResNet(VitferModel):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_features = inplanes
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.fc = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head_hidden = tuple(cfg.head_hidden)
+        self.fc = classifier_head(self.num_features, cfg.num_classes, self.head_hidden, cfg.drop_rate)
         self.init_weights(cfg.zero_init_last)
 
     def init_weights(self, zero_init_last: bool = True) -> None:
@@ -206,10 +209,11 @@ class ResNet(VitferModel):
         return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` by a fresh Linear(num_features, num_classes) (Identity for 0)."""
+        """Replace ``fc`` by a fresh Linear(num_features, num_classes) (or the MLP of
+        ``head_hidden``; Identity for 0)."""
         self.num_classes = num_classes
         device = self.bn1.weight.device
-        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.fc = classifier_head(self.num_features, num_classes, self.head_hidden, self.head_drop.p, device=device)
 
     def feature_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         """Spatial size of ``forward_features`` for an (H, W) input (five halvings, rounded up)."""

@@ -1,0 +1,206 @@
+"""The configuration of a fine-tuning run: fields, checks, and named recipes."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+
+_logger = logging.getLogger(__name__)
+
+DATASET_KINDS = ("synthetic", "ckplus48", "jaffe", "folder")
+SPLIT_KINDS = ("random", "subject", "kfold", "subject-kfold")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+HEADS = ("linear", "mlp", "svm")
+AMP_MODES = ("none", "bf16")
+AUTO = "auto"
+#: Sizes of the from-scratch job (``img_size`` / ``patch_size`` = "auto" without pretrained weights).
+SCRATCH_IMG_SIZE, SCRATCH_PATCH_SIZE = 48, 6
+#: The files that make up a run folder; a folder holding any of them belongs to a run.
+RUN_FILES = ("config.json", "metrics.jsonl", "metrics.json", "model.safetensors")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names the epoch and step."""
+
+
+class RunFolderError(ValueError):
+    """The output folder already holds another run (pass ``overwrite=True`` / ``--overwrite``)."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run depends on (saved into the run folder's ``config.json`` and
+    ``metrics.json``). Checked when built (and again by :func:`finetune`): a bad value raises a
+    ``ValueError`` that names the field.
+
+    ``img_size`` and ``patch_size`` default to ``"auto"``: from scratch that is 48 px with 6-px
+    patches (a size a CPU trains in minutes), with ``pretrained`` weights the model's own input
+    size and patch size (the study fine-tuned at 224 / 240 / 384), since pretrained
+    patch-embedding weights only fit their own patch size. ``None`` always means the model's own.
+    """
+
+    model: str = "resnet18d"  # from scratch on a CPU; transformers need pretrained weights or long runs
+    dataset: str = "synthetic"  # synthetic | ckplus48 | jaffe | folder
+    data_dir: Optional[str] = None  # dataset folder (ckplus48/jaffe default: $VITFER_DATA_DIR; folder: required)
+    split: str = "random"  # random | subject | kfold | subject-kfold
+    fold: int = 0
+    n_folds: int = 5
+    test_size: Optional[float] = None  # None: the dataset's default (the study's 200 / 70 images)
+    val_size: float = 0.1  # fraction of the training side held out for model selection
+    img_size: Union[int, str, None] = AUTO  # "auto": 48 from scratch, the model's own when pretrained; None: own
+    patch_size: Union[int, str, None] = AUTO  # "auto": 6 from scratch (transformers), own when pretrained; None: own
+    pretrained: Union[bool, str] = False
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # any other config field, e.g. depth
+    epochs: int = 5
+    batch_size: int = 16
+    optimizer: str = "adamw"  # adamw | adam | sgd (the study: SGD, lr 0.003, batch 10)
+    momentum: float = 0.9  # SGD only
+    schedule: str = "cosine"  # cosine (after the warm-up) | constant
+    freeze: str = "none"  # none | backbone | N: train only the last N blocks / stages and the head
+    head: str = "linear"  # linear | mlp (hidden layers mlp_hidden) | svm (linear SVM on frozen features)
+    mlp_hidden: tuple[int, ...] = (512, 256)
+    recipe: Optional[str] = None  # the named recipe the defaults came from (see RECIPES)
+    lr: Optional[float] = None  # peak lr of the warm-up + cosine schedule; None: 1e-3 CNNs, 1e-4 transformers
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    label_smoothing: float = 0.1
+    drop_path_rate: float = 0.1
+    augment: dict[str, Any] = field(default_factory=dict)  # overrides of vitfer.data.DEFAULT_AUGMENT
+    synthetic_n: int = 1000
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "none"  # none | bf16
+    num_workers: int = 0
+    out_dir: Optional[str] = None  # None: a new folder runs/<model>-<dataset>-<date>-<time>
+    overwrite: bool = False  # replace a previous run in out_dir (else that is an error)
+    max_steps: Optional[int] = None  # stop early after this many optimiser steps (smoke tests)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field (see the class docstring)."""
+
+        def bad(field_name: str, want: str) -> ValueError:
+            return ValueError(f"{field_name} must be {want}, got {getattr(self, field_name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name, choices in (("dataset", DATASET_KINDS), ("split", SPLIT_KINDS), ("optimizer", OPTIMIZERS),
+                              ("amp", AMP_MODES), ("schedule", SCHEDULES), ("head", HEADS)):
+            if getattr(self, name) not in choices:
+                raise bad(name, "one of " + ", ".join(choices))
+        for name in ("img_size", "patch_size"):
+            v = getattr(self, name)
+            if not (v is None or v == AUTO or (is_int(v) and v >= 1)):
+                raise bad(name, "a positive int, 'auto' or None (the model's own)")
+        for name in ("epochs", "batch_size", "n_folds", "synthetic_n"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "an int >= 1")
+        if self.split in ("kfold", "subject-kfold"):
+            if self.n_folds < 2:
+                raise bad("n_folds", f"at least 2 for split {self.split!r}")
+            if not is_int(self.fold) or not 0 <= self.fold < self.n_folds:
+                raise bad("fold", f"in 0..{self.n_folds - 1} (n_folds={self.n_folds})")
+        if not 0.0 <= self.val_size < 1.0 and not (is_int(self.val_size) and self.val_size >= 1):
+            raise bad("val_size", "a fraction in [0, 1) or a count")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a positive finite number")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", ">= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise bad("label_smoothing", "in [0, 1)")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise bad("drop_path_rate", "in [0, 1)")
+        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
+            raise bad("warmup_steps", "an int >= 0")
+        if not is_int(self.num_workers) or self.num_workers < 0:
+            raise bad("num_workers", "an int >= 0")
+        if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < 1):
+            raise bad("max_steps", "None or an int >= 1")
+        if not (self.freeze in ("none", "backbone") or (isinstance(self.freeze, str) and self.freeze.isdigit())):
+            raise bad("freeze", "'none', 'backbone' or a number of trailing blocks to train")
+        if self.head == "svm" and self.freeze != "backbone":
+            raise ValueError("head 'svm' fits a linear SVM on frozen features: it needs freeze='backbone' (--freeze backbone)")
+        if not (0.0 <= self.momentum < 1.0):
+            raise bad("momentum", "in [0, 1)")
+        if not all(isinstance(h, int) and h >= 1 for h in self.mlp_hidden):
+            raise bad("mlp_hidden", "a tuple of positive ints")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise bad("recipe", "one of " + ", ".join(RECIPES))
+        if self.dataset == "folder" and not self.data_dir:
+            raise ValueError("dataset 'folder' needs its folder: data_dir (--data-dir DIR), a folder of class sub-folders")
+        _device(self.device)
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **fields: Any) -> "FinetuneConfig":
+        """A config with the defaults of the named recipe (:data:`RECIPES`), then ``fields``."""
+        if recipe not in RECIPES:
+            import difflib
+
+            close = difflib.get_close_matches(recipe, list(RECIPES), n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown recipe {recipe!r}{hint}; recipes: {', '.join(RECIPES)}")
+        values = {**RECIPES[recipe], **fields}
+        values["augment"] = {**RECIPES[recipe].get("augment", {}), **fields.get("augment", {})}
+        return cls(recipe=recipe, **values)
+
+    def sizes(self) -> tuple[Optional[int], Optional[int]]:
+        """``(img_size, patch_size)`` with ``"auto"`` resolved (None: the model's own)."""
+        img = self.img_size if self.img_size != AUTO else (None if self.pretrained else SCRATCH_IMG_SIZE)
+        patch = self.patch_size if self.patch_size != AUTO else (None if self.pretrained else SCRATCH_PATCH_SIZE)
+        return img, patch  # type: ignore[return-value]
+
+
+def _device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when there is a GPU, else the CPU) or a torch device string; an unknown
+    device or CUDA on a machine without it is a ``ValueError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+#: Named recipes: the defaults each sets (every field stays overridable). ``thesis*`` follow the
+#: study's section 4.2; where it is silent (momentum, schedule, augmentation strengths) the choice
+#: is vitfer's, noted here.
+RECIPES: dict[str, dict[str, Any]] = {
+    # Without pretrained weights: AdamW, warm-up + cosine, 48 px, 6-px patches, label smoothing.
+    "scratch": {},
+    # The study's transformers and CNNs: SGD lr 0.003, batch 10, 50 epochs, ImageNet weights at the
+    # model's own input size; flips (horizontal and vertical), rotation and pixel-level changes
+    # (brightness, contrast, noise). Momentum 0.9 and a cosine decay after 50 warm-up steps are
+    # vitfer's choices (the study names neither); no label smoothing or weight decay.
+    "thesis": {
+        "pretrained": True, "optimizer": "sgd", "lr": 0.003, "momentum": 0.9, "batch_size": 10, "epochs": 50,
+        "schedule": "cosine", "warmup_steps": 50, "weight_decay": 0.0, "label_smoothing": 0.0, "drop_path_rate": 0.0,
+        "augment": {"hflip": 0.5, "vflip": 0.5, "rotation": 15.0, "brightness": 0.2, "contrast": 0.2, "noise": 0.02},
+    },
+    # The study's ResNet50: most of the backbone frozen (all but the last stage), the head replaced
+    # by three fully connected layers, Adam lr 0.0005, batch 10, 50 epochs (constant lr).
+    "thesis-resnet": {
+        "pretrained": True, "optimizer": "adam", "lr": 0.0005, "batch_size": 10, "epochs": 50, "schedule": "constant",
+        "warmup_steps": 0, "weight_decay": 0.0, "label_smoothing": 0.0, "freeze": "1", "head": "mlp",
+        "mlp_hidden": (512, 256), "augment": {"hflip": 0.5, "vflip": 0.5, "rotation": 15.0},
+    },
+    # The study's VGG19 + SVM: frozen ImageNet features, a linear SVM (C chosen on the validation
+    # part) stored as the model's ordinary Linear head.
+    "thesis-svm": {
+        "pretrained": True, "freeze": "backbone", "head": "svm",
+    },
+}
