@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from vitfer.train import FinetuneConfig, TrainingError, finetune
+from vitfer.engine import FinetuneConfig, TrainingError, finetune
 from vitfer.weights import CheckpointError
 
 

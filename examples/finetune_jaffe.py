@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 from pathlib import Path
 
-from vitfer.train import FinetuneConfig, TrainingError, finetune
+from vitfer.engine import FinetuneConfig, TrainingError, finetune, run_folds
 from vitfer.weights import CheckpointError
 
 
@@ -38,37 +37,35 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--pretrained", default=None, metavar="SOURCE",
                    help="start from pretrained weights: 'hub', a checkpoint file or hf-hub:REPO[@REV]")
-    p.add_argument("--out", default="runs/jaffe", help="parent folder of the per-fold run folders")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier runs in the fold folders")
+    p.add_argument("--out", default="runs/jaffe", help="parent folder of the run folders")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier runs there instead of resuming them")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pretrained = (True if args.pretrained == "hub" else args.pretrained) if args.pretrained else False
     kfold = args.split == "subject-kfold"
-    folds = range(args.n_folds) if kfold else [0]
-    accs, lines = [], []
     try:
-        for fold in folds:
-            cfg = FinetuneConfig(
-                model=args.model, dataset="jaffe", data_dir=args.data_dir, split=args.split, n_folds=args.n_folds,
-                fold=fold, epochs=args.epochs, batch_size=16, lr=1e-4, pretrained=pretrained,
-                img_size="auto" if pretrained else 64, patch_size="auto" if pretrained else 8,
-                out_dir=str(Path(args.out) / (f"fold{fold}" if kfold else "random")), overwrite=args.overwrite,
-            )
+        cfg = FinetuneConfig(
+            model=args.model, dataset="jaffe", data_dir=args.data_dir, split=args.split, n_folds=args.n_folds,
+            epochs=args.epochs, batch_size=16, lr=1e-4, pretrained=pretrained,
+            img_size="auto" if pretrained else 64, patch_size="auto" if pretrained else 8,
+            out_dir=str(Path(args.out) / ("folds" if kfold else "random")), overwrite=args.overwrite,
+        )
+        if kfold:  # every fold, each a resumable run in OUT/folds/fold-K (finished folds are skipped on a rerun)
+            summary = run_folds(cfg)
+        else:
             res = finetune(cfg)
-            accs.append(res["test"]["accuracy"])
-            held = ", ".join(res["test_subjects"])
-            lines.append(f"fold {fold + 1}/{len(folds)} (test subjects {held}): {100 * accs[-1]:.1f}% "
-                         f"of {res['test']['n']} images")
-            print(lines[-1])
     except (CheckpointError, TrainingError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if kfold:
-        sd = statistics.stdev(accs)
-        print(f"{args.model} on JAFFE ({args.split}, {len(accs)} folds): "
-              f"{100 * statistics.mean(accs):.1f}% +- {100 * sd:.1f}% (mean +- standard deviation over folds)")
+        for f in summary["folds"]:
+            print(f"fold {f['fold'] + 1}/{summary['n_folds']} (test subjects {', '.join(f['test_subjects'])}): "
+                  f"{100 * f['accuracy']:.1f}% of {f['n']} images")
+        acc = summary["accuracy"]
+        print(f"{args.model} on JAFFE ({args.split}, {summary['n_folds']} folds): {100 * acc['mean']:.1f}% +- "
+              f"{100 * acc['std']:.1f}% (mean +- standard deviation over folds); summary in {cfg.out_dir}/summary.md")
     else:
-        print(f"{args.model} on JAFFE (random split): test accuracy {100 * accs[0]:.1f}%")
+        print(f"{args.model} on JAFFE (random split): test accuracy {100 * res['test']['accuracy']:.1f}%")
     return 0
 
 
