@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -306,8 +307,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     _PARSERS["finetune"] = p
 
 
-def _format_metrics(test: dict[str, Any]) -> list[str]:
-    lines = [f"test accuracy {100 * test['accuracy']:.1f}%  UAR {100 * test['uar']:.1f}%  "
+def _format_metrics(test: dict[str, Any], what: str = "test") -> list[str]:
+    lines = [f"{what} accuracy {100 * test['accuracy']:.1f}%  UAR {100 * test['uar']:.1f}%  "
              f"macro-F1 {100 * test['macro_f1']:.1f}%  ({test['n']} images); per class:"]
     support = test.get("support", {})
     for cls, acc in test["per_class_accuracy"].items():
@@ -363,14 +364,20 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         if not cfg.out_dir:
             from vitfer.engine import default_out_dir
 
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ValueError("--fold all under torchrun needs --out (every process must name the same folder)")
             cfg = dataclasses.replace(cfg, out_dir=str(default_out_dir(cfg, label=cfg.split)))
         summary = run_folds(cfg, callbacks=callbacks)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
         from vitfer.engine.cv import summary_markdown
 
         print(summary_markdown(summary))
         print(f"summary: {Path(cfg.out_dir) / 'summary.json'} and summary.md")
         return 0
     res = finetune(cfg, resume=bool(args.resume), callbacks=callbacks)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     for line in _format_metrics(res["test"]):
         print(line)
     print(f"run folder: {res['out_dir']}")
@@ -467,7 +474,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         c = res["cross_dataset"]
         print(f"shared expressions: {', '.join(c['shared'])}; left out: {', '.join(c['dataset_only']) or 'none'} "
               f"({c['images_left_out']} images)")
-    for line in _format_metrics(res):
+    for line in _format_metrics(res, "test" if res["part"] in ("test", "all") else res["part"]):
         print(line)
     print("confusion matrix (rows: true class, columns: predicted):")
     names = list(res["per_class_accuracy"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -75,7 +76,8 @@ def run_folds(cfg: FinetuneConfig, *, callbacks: Sequence[Callback] = ()) -> dic
         else:
             results.append(finetune(replace(fcfg, overwrite=True), callbacks=callbacks))
     summary = summarize_folds(results, cfg)
-    write_summary(out, summary)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
+        write_summary(out, summary)
     return summary
 
 
