@@ -288,3 +288,32 @@ def test_two_epochs_on_real_ckplus48(data_root, tmp_path):
     assert sum(res["split_sizes"].values()) == 981 and res["test_subjects"]
     again = evaluate_checkpoint(out / "model.safetensors")
     assert again["accuracy"] == res["test"]["accuracy"] and again["n"] == res["split_sizes"]["test"]
+
+
+class _PoisonInEpoch(Callback):
+    """Turns the weights to NaN after a step of epoch ``epoch``: the next loss is not finite."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_start(self, info):
+        self.model = info["model"]
+
+    def on_step(self, info):
+        if info["epoch"] == self.epoch:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.fill_(float("nan"))
+
+
+def test_non_finite_loss_keeps_the_last_good_epoch(straight, tmp_path):
+    from vitfer.engine import TrainingError
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"at epoch 2, step \d+.*checkpoint and state of epoch 1"):
+        finetune(_cfg(out), callbacks=[_PoisonInEpoch(2)])
+    import vitfer
+
+    assert vitfer.load(out / "model.safetensors") is not None  # the last good checkpoint loads
+    finetune(_cfg(out), resume=True)  # and the state resumes: the same weights as the straight run
+    _assert_identical(_weights(out), _weights(straight))

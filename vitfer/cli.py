@@ -208,7 +208,7 @@ def _explicit_args(command: str, argv: Sequence[str]) -> set[str]:
 
 class _Progress:
     """The CLI's view of a run (an engine :class:`~vitfer.engine.Callback`): a tqdm bar per epoch
-    (loss, images/s, time left) where stderr is a terminal; elsewhere the engine's one line an
+    (batch loss and accuracy, images/s, time left) where stderr is a terminal; elsewhere the engine's one line an
     epoch is enough."""
 
     def __init__(self) -> None:
@@ -227,7 +227,8 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(1)
             rate = self.bar.format_dict.get("rate") or 0.0
-            self.bar.set_postfix(loss=f"{info['loss']:.3f}", img_s=f"{rate * info['images']:.0f}", refresh=False)
+            self.bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info.get('accuracy', 0.0):.2f}",
+                                 img_s=f"{rate * info['images']:.0f}", refresh=False)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         if self.bar is not None:

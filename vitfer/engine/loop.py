@@ -97,7 +97,7 @@ class Callback:
 
     def on_train_start(self, info: dict[str, Any]) -> None: ...
     def on_epoch_start(self, info: dict[str, Any]) -> None: ...
-    def on_step(self, info: dict[str, Any]) -> None: ...  # adds loss, images
+    def on_step(self, info: dict[str, Any]) -> None: ...  # adds the batch's loss, accuracy, images
     def on_epoch_end(self, record: dict[str, Any]) -> None: ...  # the epoch's metrics.jsonl line
     def on_train_end(self, result: dict[str, Any]) -> None: ...
 
@@ -292,7 +292,7 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
             loss_sum, correct, seen = loss_sum + b_loss, correct + b_correct, seen + b_n
             for cb in callbacks:
                 cb.on_step({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step, "steps_per_epoch": steps_per_epoch,
-                            "loss": b_loss / max(1, b_n), "images": b_n})
+                            "loss": b_loss / max(1, b_n), "accuracy": b_correct / max(1, b_n), "images": b_n})
         seconds = time.perf_counter() - t0
         train_time += seconds
         rec: dict[str, Any] = {
