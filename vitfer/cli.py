@@ -259,11 +259,20 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    "features + linear SVM)")
     p.add_argument("--model", default=d.model, help="registered model name (`vitfer models`), or timm-style NAME.TAG")
     p.add_argument("--dataset", default=d.dataset, choices=DATASET_KINDS,
-                   help="synthetic = the built-in drawn faces (no files needed)")
+                   help="synthetic = the built-in drawn faces (no files needed); folder = any folder of class "
+                   "sub-folders (photos of any size); fer2013 = the original fer2013.csv")
     p.add_argument("--data-dir", default=None,
-                   help="dataset folder (ckplus48/jaffe: default $VITFER_DATA_DIR; folder: required)")
+                   help="dataset folder (ckplus48/jaffe: default $VITFER_DATA_DIR; folder: required; fer2013: the "
+                   "CSV or its folder)")
+    p.add_argument("--labels", default=None, metavar="FILE.csv",
+                   help="--dataset folder: a label file of path,label[,subject] rows (paths relative to it) instead of "
+                   "class sub-folders")
+    p.add_argument("--subject-pattern", default=None, metavar="REGEX",
+                   help="--dataset folder: a regex whose group (or group 'subject') captures the subject from each "
+                   "file name, for the subject splits")
     p.add_argument("--split", default=d.split, choices=SPLIT_KINDS,
-                   help="random (the study's), subject (no person on both sides), kfold, subject-kfold")
+                   help="random (the study's), subject (no person on both sides), kfold, subject-kfold, official "
+                   "(FER-2013's Usage column, or a folder with train/ and test/)")
     p.add_argument("--fold", type=_fold, default=d.fold,
                    help="test fold of the k-fold splits (0 .. n-folds - 1), or 'all': every fold in OUT/fold-K, "
                    "then OUT/summary.json and summary.md (finished folds are skipped on a rerun)")
@@ -327,7 +336,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.pretrained:
         pretrained = True if args.pretrained == "hub" else args.pretrained
     given = dict(
-        model=args.model, dataset=args.dataset, data_dir=args.data_dir, split=args.split, fold=args.fold,
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, labels=args.labels,
+        subject_pattern=args.subject_pattern, split=args.split, fold=args.fold,
         n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size,
         patch_size=args.patch_size, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,

@@ -9,7 +9,12 @@ Typical use::
     train = ds.subset(split["train"], transform=build_transforms(cfg, train=True))
     test = ds.subset(split["test"], transform=build_transforms(cfg, train=False))
 
-``SyntheticFaces`` is the built-in dataset that needs no files.
+``SyntheticFaces`` is the built-in dataset that needs no files. Any folder of photos loads with
+``load_dataset("folder", root, image_size=224)`` (each image resized at load time, shorter side
+then centre crop), FER-2013 with ``load_dataset("fer2013", "fer2013.csv")``, images listed in a
+CSV with ``load_dataset("labels", "labels.csv")``; ``make_split(ds, "official")`` uses a
+dataset's own parts (FER-2013's Usage, ``train/`` / ``val/`` / ``test/`` folders) and
+``subject_pattern=REGEX`` gives any folder or label file subjects for the subject splits.
 
 Channels follow the model: ``build_transforms`` converts to the ``C`` of ``cfg["input_size"]``
 (:func:`to_channels`), so a grey model (``in_chans=1``) trains on the same datasets. Face-crop
@@ -22,14 +27,20 @@ from .datasets import (
     CKPLUS48_CLASSES,
     JAFFE_CLASSES,
     JAFFE_CODES,
+    DATASET_KINDS,
+    DOMINANT_SIZE_SHARE,
+    PART_FOLDERS,
     STUDY_TEST_SIZE,
     FERDataset,
     SkippedFilesWarning,
     load_ckplus48,
+    fit_image,
     load_dataset,
     load_image_folder,
     load_jaffe,
+    load_label_file,
 )
+from .fer2013 import FER2013_USAGES, load_fer2013
 from .expressions import (
     CANONICAL_EXPRESSIONS,
     DATASET_EXPRESSIONS,
@@ -42,7 +53,7 @@ from .expressions import (
     shared_classes,
 )
 from .io import IMAGE_EXTENSIONS, DatasetError, ImageDecodeError, image_to_tensor, load_image
-from .splits import SPLIT_KINDS, SplitError, iter_folds, make_split
+from .splits import ALL_SPLIT_KINDS, OFFICIAL_PARTS, SPLIT_KINDS, SplitError, iter_folds, make_split
 from .synthetic import SYNTHETIC_CLASSES, SyntheticFaces
 from .transforms import (
     DEFAULT_AUGMENT,
@@ -94,6 +105,15 @@ __all__ = [
     "load_ckplus48",
     "load_jaffe",
     "load_image_folder",
+    "load_label_file",
+    "load_fer2013",
+    "fit_image",
+    "DATASET_KINDS",
+    "DOMINANT_SIZE_SHARE",
+    "PART_FOLDERS",
+    "OFFICIAL_PARTS",
+    "ALL_SPLIT_KINDS",
+    "FER2013_USAGES",
     "load_image",
     "image_to_tensor",
     "make_split",

@@ -23,7 +23,25 @@ Layouts:
   the first two letters of the second field (see :data:`JAFFE_CODES`), the subject the first
   field.
 - ``folder``: ``<root>/<class>/**/<image>``; classes are the sub-folder names, sorted; the subject
-  is ``subject_fn(path)`` when given, else None.
+  is captured from the file name by ``subject_pattern`` (``--subject-pattern``) or given by
+  ``subject_fn(path)``, else None. The common layout ``<root>/train/<class>/``,
+  ``<root>/test/<class>/`` (optionally ``val/`` or ``validation/``) is detected: every part is
+  loaded with one class list and each item's part recorded in ``dataset.usage`` (for
+  ``make_split(ds, "official")``).
+- ``labels``: a CSV label file of ``path,label[,subject]`` rows (``--labels``; header optional,
+  paths relative to the CSV's folder), for images not laid out in class folders; also
+  ``load_dataset("folder", root, labels="file.csv")``. See :func:`load_label_file`.
+- ``fer2013``: the original ``fer2013.csv`` (``emotion,pixels,Usage``), streamed; see
+  :mod:`vitfer.data.fer2013`.
+
+Sizes: ``image_size`` (``--img-size``) resizes each image right after it is decoded, so memory
+stays ``N x image_size`` whatever the photos: an int scales the shorter side to the size and
+takes the centre crop (aspect ratio kept); an ``(H, W)`` tuple stretches to it (torchvision's
+``Resize`` convention and the earlier behaviour); ``fit="crop"|"stretch"`` chooses explicitly.
+Without ``image_size``, images keep their size; if sizes differ but one size covers 90 % of the
+images (:data:`DOMINANT_SIZE_SHARE`), the few others (a stray photo, a file whose header declares
+another size) are resized to it and logged; otherwise the error names ``--img-size``. What
+loading did is in ``dataset.load_report`` and logged at INFO by this module's logger.
 
 For ``ckplus48`` and ``jaffe``, ``root`` may also be the folder that holds ``ckplus48/`` and
 ``jaffe/`` (``VITFER_DATA_DIR``).
@@ -69,6 +87,11 @@ __all__ = [
     "load_ckplus48",
     "load_jaffe",
     "load_image_folder",
+    "load_label_file",
+    "fit_image",
+    "DATASET_KINDS",
+    "PART_FOLDERS",
+    "DOMINANT_SIZE_SHARE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -152,6 +175,17 @@ class FERDataset(Dataset):
         epoch: the epoch for ``seed``; see :meth:`set_epoch`.
         default_test_size: test size that :func:`~vitfer.data.make_split` uses when given
             none (the study's 200 for CK+48 and 70 for JAFFE, else 0.2).
+        usage: per-item part of the dataset's own (official) split, list of N entries: the
+            FER-2013 ``Usage`` column (``Training``, ``PublicTest``, ``PrivateTest``) or the
+            part folder of a ``root/train|val|validation|test/<class>/`` layout (the folder
+            name as found, e.g. ``train``); all None for datasets without parts.
+            ``make_split(ds, "official")`` uses it.
+        load_report: what loading did (empty for generated data): ``n_images``, ``n_files``,
+            ``n_resized``, ``n_skipped``, ``class_counts`` (class -> count), ``image_size``
+            (stored ``(H, W)``), ``resize`` (how the size was chosen: ``"image_size"``,
+            ``"dominant size"`` or None), ``fit``, ``channels``, ``seconds``; ``part_counts``
+            for datasets with parts; ``n_rows``, ``n_bad_rows``, ``bad_rows`` for CSV
+            datasets. A view (:meth:`subset`) keeps the report of the whole dataset.
     """
 
     def __init__(
@@ -170,6 +204,7 @@ class FERDataset(Dataset):
         seed: int | None = None,
         channels: int | None = None,
         face_cropped: bool = False,
+        usage: Sequence[str | None] | None = None,
     ) -> None:
         """
         Args:
@@ -180,6 +215,7 @@ class FERDataset(Dataset):
             paths: N file paths or names; None for ``<name>/<index>``.
             channels: see the class attributes (None, 1 or 3).
             face_cropped: see the class attributes.
+            usage: N part names (see the class attributes); None for no parts.
         """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"images must be uint8 (N, 1|3, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -197,8 +233,12 @@ class FERDataset(Dataset):
         self.labels: list[int] = labels
         self.subjects: list[str | None] = list(subjects) if subjects is not None else [None] * n
         self.paths: list[Path | str] = list(paths) if paths is not None else [f"{name}/{i}" for i in range(n)]
-        if len(self.subjects) != n or len(self.paths) != n:
-            raise ValueError(f"{n} images but {len(self.subjects)} subjects and {len(self.paths)} paths")
+        self.usage: list[str | None] = list(usage) if usage is not None else [None] * n
+        if len(self.subjects) != n or len(self.paths) != n or len(self.usage) != n:
+            raise ValueError(
+                f"{n} images but {len(self.subjects)} subjects, {len(self.paths)} paths and {len(self.usage)} usage entries"
+            )
+        self.load_report: dict[str, Any] = {}
         self.skipped: list[tuple[Path, str]] = list(skipped)
         self.transform = transform
         self.name = name
@@ -301,6 +341,8 @@ class FERDataset(Dataset):
         view.labels = [self.labels[i] for i in pos]
         view.subjects = [self.subjects[i] for i in pos]
         view.paths = [self.paths[i] for i in pos]
+        usage = getattr(self, "usage", None) or [None] * n
+        view.usage = [usage[i] for i in pos]
         view.skipped = list(self.skipped)
         view.transform = self.transform if transform is _KEEP else transform
         view.epoch = self.epoch
@@ -433,6 +475,104 @@ def _bad_jaffe_names_message(root: Path, bad: Sequence[tuple[Path, str]], n_file
     return msg
 
 
+_FITS = ("crop", "stretch")
+#: Share of the decoded images that must have one size for the others to be resized to it when
+#: no ``image_size`` is given (see :func:`load_image_folder`).
+DOMINANT_SIZE_SHARE = 0.9
+#: Decoded bytes above which a folder of images of different sizes, without ``image_size``, is
+#: refused before decoding (the header sizes are read first).
+_MAX_NATIVE_BYTES = 2 << 30
+_SIZE_FLAG = "--img-size"
+
+
+def _check_interp(interpolation: str) -> str:
+    if interpolation not in _INTERP:
+        raise ValueError(f"interpolation must be one of {sorted(_INTERP)}, got {interpolation!r}")
+    return interpolation
+
+
+def _parse_size(image_size: Any) -> tuple[int, int] | None:
+    """``image_size`` as ``(H, W)`` or None; a clear error naming ``--img-size`` otherwise."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, bool):
+        size: Any = None
+    elif isinstance(image_size, int):
+        size = (image_size, image_size)
+    else:
+        try:
+            size = tuple(int(v) for v in image_size)
+        except (TypeError, ValueError):
+            size = None
+    if size is None or len(size) != 2 or min(size) <= 0:
+        raise ValueError(
+            f"{_SIZE_FLAG} must be a positive size (SIZE, or (height, width) in Python: image_size=...), "
+            f"got {image_size!r}"
+        )
+    return size  # type: ignore[return-value]
+
+
+def _resolve_fit(fit: str | None, image_size: Any) -> str:
+    """``fit`` or its default: ``crop`` for an int size (or None), ``stretch`` for (H, W)."""
+    if fit is None:
+        return "stretch" if image_size is not None and not isinstance(image_size, int) else "crop"
+    if fit not in _FITS:
+        raise ValueError(f"fit must be one of {', '.join(_FITS)}, got {fit!r}")
+    return fit
+
+
+def fit_image(im: Image.Image, size: tuple[int, int], *, fit: str = "crop", interpolation: str = "bilinear") -> Image.Image:
+    """Resize a PIL image to ``size = (H, W)``.
+
+    ``fit="crop"``: scale so that the image covers ``(H, W)`` with its aspect ratio kept (for a
+    square size: the shorter side becomes the size), then take the centre ``(H, W)``; done in
+    one resampling step (``Image.resize(box=...)``), so nothing outside the crop is computed.
+    ``fit="stretch"``: resize to ``(H, W)`` directly (the aspect ratio changes). An image of the
+    size already is returned as it is.
+    """
+    h, w = size
+    if im.size == (w, h):
+        return im
+    resample = _INTERP[interpolation]
+    if fit == "stretch":
+        return im.resize((w, h), resample)
+    iw, ih = im.size
+    scale = max(w / iw, h / ih)
+    bw, bh = w / scale, h / scale  # the source region that maps onto (w, h)
+    left, top = (iw - bw) / 2.0, (ih - bh) / 2.0
+    return im.resize((w, h), resample, box=(left, top, left + bw, top + bh))
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(H, W)`` that a file's header declares (after EXIF rotation), None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the decoder reports what matters, with the path
+            with Image.open(path) as im:
+                w, h = im.size
+                try:
+                    orientation = im.getexif().get(0x0112)
+                except Exception:  # a broken EXIF block: the decoder will say so, if it matters
+                    orientation = None
+    except Exception:
+        return None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _check_native_memory(files: Sequence[Path], source: Path) -> None:
+    """Refuse, before decoding, a folder of differently sized images that would not fit in memory."""
+    sizes = [s for s in (_header_size(p) for p in files) if s is not None]
+    if len(set(sizes)) <= 1:
+        return
+    total = sum(3 * h * w for h, w in sizes)
+    if total > _MAX_NATIVE_BYTES:
+        raise DatasetError(
+            f"the {len(sizes)} images in {source} have {len(set(sizes))} different sizes and would take "
+            f"{total / 2**30:.1f} GiB decoded at their own size; pass {_SIZE_FLAG} SIZE (image_size=SIZE in "
+            f"Python) to resize each image at load time"
+        )
+
+
 def _decode_all(
     files: Sequence[Path],
     *,
@@ -440,11 +580,18 @@ def _decode_all(
     image_size: tuple[int, int] | None,
     interpolation: str,
     source: Path,
-) -> tuple[list[int], list[Tensor], list[tuple[Path, str]]]:
-    """Decode ``files``; returns kept positions, their uint8 (C, H, W) tensors and the skipped."""
+    fit: str = "crop",
+    pre_skipped: Sequence[tuple[Path, str]] = (),
+) -> tuple[list[int], list[Tensor], list[tuple[Path, str]], int]:
+    """Decode ``files``; returns kept positions, their uint8 (C, H, W) tensors, the skipped
+    (``pre_skipped`` first) and how many were resized. With ``image_size`` every image is
+    resized right after decoding (memory stays ``N x image_size``)."""
     kept: list[int] = []
     tensors: list[Tensor] = []
-    skipped: list[tuple[Path, str]] = []
+    skipped: list[tuple[Path, str]] = list(pre_skipped)
+    n_resized = 0
+    if image_size is None:
+        _check_native_memory(files, source)
     for i, path in enumerate(files):
         try:
             im = load_image(path)
@@ -452,15 +599,17 @@ def _decode_all(
             skipped.append((path, exc.reason))
             continue
         if image_size is not None and im.size != (image_size[1], image_size[0]):
-            im = im.resize((image_size[1], image_size[0]), _INTERP[interpolation])
+            im = fit_image(im, image_size, fit=fit, interpolation=interpolation)
+            n_resized += 1
         kept.append(i)
         tensors.append(image_to_tensor(im))
     if skipped:
+        n_files = len(files) + len(pre_skipped)
         if strict:
             listing = "\n".join(f"  {p}: {reason}" for p, reason in skipped)
             raise DatasetError(f"{len(skipped)} file(s) in {source} cannot be decoded (strict=True):\n{listing}")
-        warnings.warn(_skipped_message(source, skipped, len(files)), SkippedFilesWarning, stacklevel=4)
-    return kept, tensors, skipped
+        warnings.warn(_skipped_message(source, skipped, n_files), SkippedFilesWarning, stacklevel=4)
+    return kept, tensors, skipped, n_resized
 
 
 def _skipped_message(source: Path, skipped: Sequence[tuple[Path, str]], n_files: int) -> str:
@@ -474,20 +623,80 @@ def _skipped_message(source: Path, skipped: Sequence[tuple[Path, str]], n_files:
     )
 
 
-def _stack(tensors: list[Tensor], paths: Sequence[Path], source: Path) -> Tensor:
-    """Stack uint8 (C, H, W) images into (N, C, H, W); grey becomes RGB if any image is RGB."""
+def _unify_sizes(
+    tensors: list[Tensor], paths: Sequence[Path], source: Path, *, fit: str, interpolation: str
+) -> tuple[list[Tensor], int, tuple[int, int] | None]:
+    """Without ``image_size``: resize the few odd-sized images to the dominant size.
+
+    Returns the tensors, how many were resized, and the dominant size (None when all agree).
+    When no size covers :data:`DOMINANT_SIZE_SHARE` of the images, raises a DatasetError that
+    names ``--img-size``.
+    """
     sizes = Counter(tuple(t.shape[-2:]) for t in tensors)
-    if len(sizes) > 1:
-        (common, _), *_ = sizes.most_common()
-        odd = next(p for p, t in zip(paths, tensors) if tuple(t.shape[-2:]) != common)
-        odd_h, odd_w = next(tuple(t.shape[-2:]) for t in tensors if tuple(t.shape[-2:]) != common)
+    if len(sizes) <= 1:
+        return tensors, 0, None
+    (common, n_common), *_ = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0][0] * kv[0][1], kv[0]))
+    odd = [(p, tuple(t.shape[-2:])) for p, t in zip(paths, tensors) if tuple(t.shape[-2:]) != common]
+    if n_common < DOMINANT_SIZE_SHARE * len(tensors):
+        examples = _short_list([f"{h}x{w} for {p}" for p, (h, w) in odd], 3)
         raise DatasetError(
-            f"images in {source} have different sizes ({common[0]}x{common[1]} for most, "
-            f"{odd_h}x{odd_w} for {odd}); pass image_size=(height, width) to resize them at load time"
+            f"images in {source} have {len(sizes)} different sizes ({common[0]}x{common[1]} for "
+            f"{n_common} of {len(tensors)}; {examples}); pass {_SIZE_FLAG} SIZE on the command line "
+            f"(image_size=SIZE in Python) to resize every image at load time (shorter side to SIZE, then "
+            f"a centre crop)"
         )
+    out = []
+    for t in tensors:
+        if tuple(t.shape[-2:]) != common:
+            arr = t.numpy()
+            im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+            t = image_to_tensor(fit_image(im, common, fit=fit, interpolation=interpolation))  # type: ignore[arg-type]
+        out.append(t)
+    logger.warning(
+        "%s: resized %d image(s) of another size to the dominant %dx%d (%s); pass %s to choose the size",
+        source, len(odd), common[0], common[1], _short_list([str(p) for p, _ in odd]), _SIZE_FLAG,
+    )
+    return out, len(odd), common  # type: ignore[return-value]
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    """Stack uint8 (C, H, W) images of one size into (N, C, H, W); grey becomes RGB if any image is RGB."""
     if any(t.shape[0] == 3 for t in tensors):
         tensors = [t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in tensors]
     return torch.stack(tensors).contiguous()
+
+
+def _report(
+    ds: FERDataset, *, n_files: int, n_resized: int, resize: str | None, fit: str | None, seconds: float, **extra: Any
+) -> dict[str, Any]:
+    """Fill ``ds.load_report`` and log it at INFO."""
+    report: dict[str, Any] = {
+        "kind": ds.name,
+        "source": str(ds.root) if ds.root is not None else None,
+        "n_images": len(ds),
+        "n_files": n_files,
+        "n_resized": n_resized,
+        "n_skipped": len(ds.skipped),
+        "class_counts": ds.class_counts(),
+        "image_size": ds.image_size,
+        "resize": resize,
+        "fit": fit if n_resized else None,
+        "channels": ds.stored_channels,
+        "seconds": round(seconds, 3),
+    }
+    if any(u is not None for u in ds.usage):
+        report["part_counts"] = dict(Counter(u for u in ds.usage if u is not None))
+    report.update(extra)
+    ds.load_report = report
+    h, w = ds.image_size
+    counts = ", ".join(f"{c} {n}" for c, n in report["class_counts"].items())
+    parts = report.get("part_counts")
+    logger.info(
+        "loaded %s from %s: %d images (%dx%d, %d channel(s)), %d resized, %d skipped in %.2f s; by class: %s%s",
+        ds.name, ds.root, len(ds), h, w, ds.stored_channels, n_resized, report["n_skipped"], seconds, counts,
+        "" if not parts else "; by part: " + ", ".join(f"{k} {v}" for k, v in parts.items()),
+    )
+    return report
 
 
 def _build(
@@ -501,21 +710,31 @@ def _build(
     strict: bool,
     image_size: tuple[int, int] | None = None,
     interpolation: str = "bilinear",
+    fit: str = "crop",
     transform: Callable[..., Tensor] | None = None,
     default_test_size: int | float = 0.2,
     face_cropped: bool = False,
+    usage: list[str | None] | None = None,
+    pre_skipped: Sequence[tuple[Path, str]] = (),
     t0: float,
 ) -> FERDataset:
-    kept, tensors, skipped = _decode_all(
-        files, strict=strict, image_size=image_size, interpolation=interpolation, source=root
+    kept, tensors, skipped, n_resized = _decode_all(
+        files, strict=strict, image_size=image_size, interpolation=interpolation, source=root, fit=fit,
+        pre_skipped=pre_skipped,
     )
     kept_labels = [labels[i] for i in kept]
     counts = Counter(kept_labels)
     for k in sorted(set(labels)):
         if counts.get(k, 0) == 0:
             raise DatasetError(f"class {classes[k]!r} of {root} has no decodable image (all its files were skipped)")
+    if not kept:
+        raise DatasetError(f"no decodable image in {root}")
     kept_paths = [files[i] for i in kept]
-    images = _stack(tensors, kept_paths, root)
+    resize = "image_size" if image_size is not None else None
+    if image_size is None:
+        tensors, n_resized, dominant = _unify_sizes(tensors, kept_paths, root, fit=fit, interpolation=interpolation)
+        resize = "dominant size" if dominant is not None else None
+    images = _stack(tensors)
     ds = FERDataset(
         images,
         kept_labels,
@@ -528,60 +747,178 @@ def _build(
         root=root,
         default_test_size=default_test_size,
         face_cropped=face_cropped,
+        usage=None if usage is None else [usage[i] for i in kept],
     )
-    seconds = time.perf_counter() - t0
-    logger.info("loaded %s from %s: %d images in %.2f s (%d skipped)", name, root, len(ds), seconds, len(skipped))
+    _report(
+        ds, n_files=len(files) + len(pre_skipped), n_resized=n_resized, resize=resize, fit=fit,
+        seconds=time.perf_counter() - t0,
+    )
     return ds
 
 
+def _subject_matcher(subject_pattern: str | None) -> Callable[[Path], str | None] | None:
+    """A function file -> subject from a ``--subject-pattern`` regex (None without a pattern).
+
+    The subject is the named group ``subject`` if the pattern has one, else its first group,
+    else the whole match, searched (``re.search``) in the file name (not the folders).
+    """
+    if subject_pattern is None:
+        return None
+    try:
+        rx = re.compile(subject_pattern)
+    except re.error as exc:
+        raise DatasetError(f"--subject-pattern {subject_pattern!r} is not a valid regular expression: {exc}") from exc
+    group: int | str = "subject" if "subject" in rx.groupindex else (1 if rx.groups else 0)
+
+    def match(path: Path) -> str | None:
+        m = rx.search(Path(path).name)
+        value = m.group(group) if m else None
+        return value or None
+
+    return match
+
+
+def _apply_subject_pattern(
+    subject_pattern: str, files: Sequence[Path], root: Path
+) -> list[str | None]:
+    """Subjects of ``files`` by ``subject_pattern``; every file must match (else a DatasetError)."""
+    match = _subject_matcher(subject_pattern)
+    assert match is not None
+    subjects = [match(p) for p in files]
+    bad = [p for p, s in zip(files, subjects) if s is None]
+    if bad:
+        listing = "\n".join(f"  {p}" for p in bad[:_MAX_LISTED])
+        if len(bad) > _MAX_LISTED:
+            listing += f"\n  ... and {len(bad) - _MAX_LISTED} more"
+        raise DatasetError(
+            f"--subject-pattern {subject_pattern!r} does not match {len(bad)} of {len(files)} file name(s) "
+            f"in {root} (the subject is the pattern's group named 'subject', else its first group, found "
+            f"with re.search in the file name):\n{listing}"
+        )
+    return subjects
+
+
 # --------------------------------------------------------------------- the three layouts
+#: Part-folder names of the ``root/<part>/<class>/`` layout, lower case, and the official part
+#: each stands for (``make_split(ds, "official")``).
+PART_FOLDERS: dict[str, str] = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}
+
+
+def _part_folders(root: Path, folders: Sequence[Path]) -> list[Path] | None:
+    """The part folders when ``root`` is ``<root>/train|val|test/<class>/``, else None.
+
+    Detected when every sub-folder is a part name (:data:`PART_FOLDERS`, any case), one of them
+    is a training part and another a test or validation part, and each holds sub-folders.
+    """
+    if len(folders) < 2:
+        return None
+    kinds = [PART_FOLDERS.get(p.name.lower()) for p in folders]
+    if None in kinds or "train" not in kinds or not ({"val", "test"} & set(kinds)):
+        return None
+    if len(set(kinds)) != len(kinds):
+        dup = [p.name for p, k in zip(folders, kinds) if kinds.count(k) > 1]
+        raise DatasetError(f"{root} has more than one folder for the same part: {', '.join(dup)}")
+    if not all(_class_folders(p) for p in folders):
+        return None
+    order = {"train": 0, "val": 1, "test": 2}
+    return sorted(folders, key=lambda p: order[PART_FOLDERS[p.name.lower()]])
+
+
 def load_image_folder(
     root: str | os.PathLike,
     *,
     strict: bool = False,
     image_size: int | Sequence[int] | None = None,
     interpolation: str = "bilinear",
+    fit: str | None = None,
     subject_fn: Callable[[Path], str] | None = None,
+    subject_pattern: str | None = None,
     classes: Sequence[str] | None = None,
+    labels: str | os.PathLike | None = None,
     transform: Callable[..., Tensor] | None = None,
     face_cropped: bool = False,
 ) -> FERDataset:
     """Load ``<root>/<class>/**/<image>`` (png, jpg, jpeg, bmp, tif, tiff, webp, gif).
 
+    Layouts: class folders ``<root>/<class>/``; or part folders ``<root>/train/<class>/`` and
+    ``<root>/test/<class>/`` (and/or ``val/``, ``validation/``; any case, see
+    :data:`PART_FOLDERS`), detected automatically: all parts are loaded with one class list (the
+    union of their class folders, sorted) and each item's part folder name is recorded in
+    ``dataset.usage``, which ``make_split(ds, "official")`` uses. With ``labels`` the classes
+    come from a label file instead (see :func:`load_label_file`).
+
+    Sizes: with ``image_size`` every image is resized right after decoding, so memory stays
+    ``N x image_size`` whatever the photos. ``fit="crop"`` (the default for an int size): scale
+    the shorter side to the size (the covering scale for ``(H, W)``) and take the centre crop,
+    keeping the aspect ratio; ``fit="stretch"`` (the default for an ``(H, W)`` tuple, as before,
+    and torchvision's ``Resize`` convention) resizes to ``(H, W)`` directly. Without
+    ``image_size`` images keep their size; when sizes differ but one size covers at least
+    :data:`DOMINANT_SIZE_SHARE` (90 %) of the images, the others (a stray photo, a file whose
+    header declares another size) are resized to it with ``fit`` (default crop) and logged;
+    otherwise loading fails with an error naming ``--img-size``. Grey and colour are kept: an
+    all-grey folder is stored with 1 channel, a folder with any colour image as RGB.
+
     Args:
-        root: folder of class folders.
+        root: folder of class folders (or of part folders).
         strict: raise on an undecodable file instead of skipping it.
-        image_size: int or (height, width) to resize every image at load time (needed when
-            sizes differ); None keeps the native size, which must then be the same for all.
-        interpolation: ``nearest``, ``bilinear`` or ``bicubic`` for ``image_size``.
+        image_size: int or (height, width): resize every image at load time (``--img-size``).
+        interpolation: ``nearest``, ``bilinear`` or ``bicubic`` for resizing.
+        fit: ``crop`` or ``stretch`` (see above); None: ``crop`` for an int, ``stretch`` for a
+            tuple.
         subject_fn: maps a file path to its subject id (enables subject splits).
+        subject_pattern: a regular expression searched in each file name whose group named
+            ``subject`` (else its first group, else the whole match) is the subject
+            (``--subject-pattern``); a file name it does not match is an error listing them.
         classes: the class folders to use, in label order; None uses every sub-folder, sorted.
+        labels: a label file (CSV ``path,label[,subject]``, ``--labels``; relative paths are
+            taken from ``root``): load that instead of class folders (see
+            :func:`load_label_file`).
         transform: the dataset's transform.
         face_cropped: the images are already tight face crops (sets ``dataset.face_cropped``;
             evaluate them with ``crop_pct=1.0``).
 
     Returns:
-        FERDataset with ``name="folder"``.
+        FERDataset with ``name="folder"``, ``load_report`` filled (see :class:`FERDataset`).
     """
     t0 = time.perf_counter()
+    if labels is not None:
+        csv_path = Path(labels).expanduser()
+        if not csv_path.is_absolute():
+            csv_path = Path(root).expanduser() / csv_path
+        return load_label_file(
+            csv_path, strict=strict, image_size=image_size, interpolation=interpolation, fit=fit,
+            subject_fn=subject_fn, subject_pattern=subject_pattern, classes=classes, transform=transform,
+            face_cropped=face_cropped,
+        )
     root = _require_dir(Path(root).expanduser(), "dataset folder")
     if interpolation not in _INTERP:
         raise ValueError(f"interpolation must be one of {sorted(_INTERP)}, got {interpolation!r}")
-    size = (image_size, image_size) if isinstance(image_size, int) else image_size
-    size = None if size is None else tuple(int(v) for v in size)
-    if size is not None and (len(size) != 2 or min(size) <= 0):
-        raise ValueError(f"image_size must be an int or (height, width) > 0, got {image_size!r}")
-    folders = _class_folders(root)
+    size = _parse_size(image_size)
+    fit = _resolve_fit(fit, image_size)
+    if subject_fn is not None and subject_pattern is not None:
+        raise ValueError("pass subject_fn or subject_pattern, not both")
+    top = _class_folders(root)
+    parts = _part_folders(root, top)
+    sources = parts if parts is not None else [root]
+    by_name: dict[str, list[Path]] = {}  # class name -> its folder in each source
+    for src in sources:
+        for p in _class_folders(src):
+            by_name.setdefault(p.name, []).append(p)
     if classes is not None:
-        by_name = {p.name: p for p in folders}
         missing = [c for c in classes if c not in by_name]
         if missing:
             raise DatasetError(
                 f"class folder(s) {missing} not found in {root}; found {len(by_name)} folder(s): "
                 f"{_short_list(sorted(by_name))}"
             )
-        folders = [by_name[c] for c in classes]
-    if not folders:
+        names = list(classes)
+    else:
+        names = sorted(by_name)
+    if not names:
         flat = _image_files(root, recursive=False)
         found = f"{len(flat)} image file(s) ({_short_list([p.name for p in flat])})" if flat else "no sub-folders"
         hint = "\n  hint: it looks like JAFFE: use --dataset jaffe / load_dataset(\"jaffe\", root)"
@@ -589,23 +926,39 @@ def load_image_folder(
             f"no class folders in {root} (expected <root>/<class>/<image files>); found {found}"
             + (hint if _looks_like_jaffe(flat) else "")
         )
-    files, labels, subjects = [], [], []
-    for k, folder in enumerate(folders):
-        found = _image_files(folder, recursive=True)
-        if not found:
-            raise DatasetError(f"class folder {folder} holds no image files")
-        files += found
-        labels += [k] * len(found)
-        subjects += [subject_fn(p) if subject_fn else None for p in found]
+    files: list[Path] = []
+    label_ids: list[int] = []
+    usage: list[str | None] = []
+    for src in sources:
+        for k, cls in enumerate(names):
+            folder = src / cls
+            if parts is not None and not folder.is_dir():
+                continue  # a class may be absent from one part
+            found = _image_files(folder, recursive=True)
+            if not found:
+                raise DatasetError(f"class folder {folder} holds no image files")
+            files += found
+            label_ids += [k] * len(found)
+            usage += [src.name if parts is not None else None] * len(found)
+    if subject_pattern is not None:
+        subjects = _apply_subject_pattern(subject_pattern, files, root)
+    else:
+        subjects = [subject_fn(p) if subject_fn else None for p in files]
     return _build(
-        "folder", root, files, labels, subjects, [p.name for p in folders],
-        strict=strict, image_size=size, interpolation=interpolation, transform=transform,
-        face_cropped=face_cropped, t0=t0,
+        "folder", root, files, label_ids, subjects, names,
+        strict=strict, image_size=size, interpolation=interpolation, fit=fit, transform=transform,
+        face_cropped=face_cropped, usage=usage if parts is not None else None, t0=t0,
     )
 
 
 def load_ckplus48(
-    root: str | os.PathLike, *, strict: bool = False, transform: Callable[..., Tensor] | None = None
+    root: str | os.PathLike,
+    *,
+    strict: bool = False,
+    transform: Callable[..., Tensor] | None = None,
+    image_size: int | Sequence[int] | None = None,
+    interpolation: str = "bilinear",
+    fit: str | None = None,
 ) -> FERDataset:
     """Load CK+48: ``<root>/<class>/S<subject>_<seq>_<frame>.png``, 7 classes, 48x48 grey.
 
@@ -613,6 +966,8 @@ def load_ckplus48(
         root: the CK+48 folder, or a folder holding ``ckplus48/``.
         strict: raise on an undecodable file instead of skipping it.
         transform: the dataset's transform.
+        image_size, interpolation, fit: optional resizing at load time, as for
+            :func:`load_image_folder` (None keeps the native size).
 
     Returns:
         FERDataset (981 images, 118 subjects for the public CK+48), classes
@@ -639,12 +994,19 @@ def load_ckplus48(
     return _build(
         "ckplus48", root, files, labels, subjects, CKPLUS48_CLASSES,
         strict=strict, transform=transform, default_test_size=STUDY_TEST_SIZE["ckplus48"],
+        image_size=_parse_size(image_size), interpolation=_check_interp(interpolation), fit=_resolve_fit(fit, image_size),
         face_cropped=True, t0=t0,
     )
 
 
 def load_jaffe(
-    root: str | os.PathLike, *, strict: bool = False, transform: Callable[..., Tensor] | None = None
+    root: str | os.PathLike,
+    *,
+    strict: bool = False,
+    transform: Callable[..., Tensor] | None = None,
+    image_size: int | Sequence[int] | None = None,
+    interpolation: str = "bilinear",
+    fit: str | None = None,
 ) -> FERDataset:
     """Load JAFFE: a flat folder of ``<subject>.<EXPR><n>.<id>.tiff`` (``KA.AN1.39.tiff``).
 
@@ -652,6 +1014,8 @@ def load_jaffe(
         root: the JAFFE folder, or a folder holding ``jaffe/``.
         strict: raise on an undecodable file instead of skipping it.
         transform: the dataset's transform.
+        image_size, interpolation, fit: optional resizing at load time, as for
+            :func:`load_image_folder` (None keeps the native size).
 
     Returns:
         FERDataset (213 images, 10 subjects for the public JAFFE), classes :data:`JAFFE_CLASSES`,
@@ -686,8 +1050,174 @@ def load_jaffe(
     return _build(
         "jaffe", root, files, labels, subjects, JAFFE_CLASSES,
         strict=strict, transform=transform, default_test_size=STUDY_TEST_SIZE["jaffe"],
+        image_size=_parse_size(image_size), interpolation=_check_interp(interpolation), fit=_resolve_fit(fit, image_size),
         face_cropped=True, t0=t0,
     )
+
+
+_PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "img")
+_LABEL_COLUMNS = ("label", "class", "expression", "emotion")
+_SUBJECT_COLUMNS = ("subject", "subject_id", "person", "identity")
+_LABEL_LAYOUT = "path,label[,subject] (a header row naming these columns is optional)"
+
+
+def _natural_key(name: str) -> tuple[int, Any]:
+    """Sort key: integers by value (``2`` before ``10``), then other names alphabetically."""
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
+def _read_label_file(csv_path: Path) -> list[tuple[int, str, str, str | None]]:
+    """Rows of a label file: ``(line, path, label, subject or None)``; errors name file and line."""
+    import csv
+
+    rows: list[tuple[int, str, str, str | None]] = []
+    columns: tuple[int, int, int | None] | None = None  # path, label, subject column
+    try:
+        f = open(csv_path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise DatasetError(f"--labels: cannot read label file {csv_path}: {exc}") from exc
+    with f:
+        reader = csv.reader(f)
+        try:
+            for row in reader:
+                line = reader.line_num
+                cells = [c.strip() for c in row]
+                if not any(cells) or cells[0].startswith("#"):
+                    continue
+                if columns is None:  # the first row: a header, or the first data row
+                    lower = [c.lower() for c in cells]
+                    if any(c in _PATH_COLUMNS + _LABEL_COLUMNS + _SUBJECT_COLUMNS for c in lower):
+                        unknown = [c for c in lower if c not in _PATH_COLUMNS + _LABEL_COLUMNS + _SUBJECT_COLUMNS]
+                        pick = [next((i for i, c in enumerate(lower) if c in names), None)
+                                for names in (_PATH_COLUMNS, _LABEL_COLUMNS, _SUBJECT_COLUMNS)]
+                        if unknown or pick[0] is None or pick[1] is None or len(set(lower)) != len(lower):
+                            raise DatasetError(
+                                f"label file {csv_path}, line {line}: unknown column layout {','.join(cells)}; "
+                                f"expected {_LABEL_LAYOUT}"
+                            )
+                        columns = (pick[0], pick[1], pick[2])
+                        n_columns = len(cells)
+                        continue
+                    if len(cells) not in (2, 3):
+                        raise DatasetError(
+                            f"label file {csv_path}, line {line}: {len(cells)} column(s); expected {_LABEL_LAYOUT}"
+                        )
+                    columns = (0, 1, 2 if len(cells) == 3 else None)
+                    n_columns = len(cells)
+                if len(cells) != n_columns:
+                    raise DatasetError(
+                        f"label file {csv_path}, line {line}: {len(cells)} column(s) where the file has "
+                        f"{n_columns}; expected {_LABEL_LAYOUT}"
+                    )
+                ip, il, isub = columns
+                if not cells[ip]:
+                    raise DatasetError(f"label file {csv_path}, line {line}: empty path")
+                if not cells[il]:
+                    raise DatasetError(f"label file {csv_path}, line {line}: empty label for {cells[ip]}")
+                rows.append((line, cells[ip], cells[il], (cells[isub] or None) if isub is not None else None))
+        except csv.Error as exc:
+            raise DatasetError(f"label file {csv_path}, line {reader.line_num}: not valid CSV: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"label file {csv_path} is not a UTF-8 text file (--labels takes a CSV): {exc}") from exc
+    if not rows:
+        raise DatasetError(f"label file {csv_path} has no rows; expected {_LABEL_LAYOUT}")
+    return rows
+
+
+def load_label_file(
+    csv_path: str | os.PathLike,
+    *,
+    strict: bool = False,
+    image_size: int | Sequence[int] | None = None,
+    interpolation: str = "bilinear",
+    fit: str | None = None,
+    subject_fn: Callable[[Path], str] | None = None,
+    subject_pattern: str | None = None,
+    classes: Sequence[str] | None = None,
+    transform: Callable[..., Tensor] | None = None,
+    face_cropped: bool = False,
+) -> FERDataset:
+    """Load the images listed in a label file: a CSV of ``path,label[,subject]`` rows.
+
+    The header row is optional (recognised when it names the columns: ``path``/``file``/
+    ``filename``/``image``, ``label``/``class``/``expression``/``emotion``, and
+    ``subject``/``person``; any order). Paths are relative to the CSV's folder (absolute paths
+    work too); blank lines and lines starting with ``#`` are ignored. Classes are the distinct
+    labels, sorted (numbers by value), or ``classes`` in that order. The subject column, when
+    there is one, gives the subjects (an empty cell: unknown); ``subject_pattern`` /
+    ``subject_fn`` take precedence. A listed file that does not exist or does not decode is
+    skipped and named (``dataset.skipped``, one :class:`SkippedFilesWarning`; an error with
+    ``strict=True``). An empty path or label, a row with another column count or a header with
+    unknown columns is a :class:`~vitfer.data.io.DatasetError` naming the file and line.
+
+    Args:
+        csv_path: the label file (``--labels``).
+        strict, image_size, interpolation, fit, subject_fn, subject_pattern, transform,
+            face_cropped: as for :func:`load_image_folder`.
+        classes: class names in label order; a label outside them is an error naming its line.
+
+    Returns:
+        FERDataset with ``name="labels"`` and ``root`` the CSV's folder.
+    """
+    t0 = time.perf_counter()
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.exists():
+        raise DatasetError(f"--labels: label file not found: {csv_path}")
+    if csv_path.is_dir():
+        raise DatasetError(f"--labels: {csv_path} is a folder; pass the label file (a CSV of {_LABEL_LAYOUT})")
+    size = _parse_size(image_size)
+    fit = _resolve_fit(fit, image_size)
+    _check_interp(interpolation)
+    if subject_fn is not None and subject_pattern is not None:
+        raise ValueError("pass subject_fn or subject_pattern, not both")
+    rows = _read_label_file(csv_path)
+    base = csv_path.parent
+    if classes is not None:
+        names = list(classes)
+        index = {c: k for k, c in enumerate(names)}
+        bad = [(line, label) for line, _, label, _ in rows if label not in index]
+        if bad:
+            line, label = bad[0]
+            raise DatasetError(
+                f"label file {csv_path}, line {line}: label {label!r} is not one of the classes "
+                f"{', '.join(names)} ({len(bad)} such row(s))"
+            )
+    else:
+        names = sorted({label for _, _, label, _ in rows}, key=_natural_key)
+        index = {c: k for k, c in enumerate(names)}
+    files: list[Path] = []
+    label_ids: list[int] = []
+    subjects: list[str | None] = []
+    missing: list[tuple[Path, str]] = []
+    for line, rel, label, subject in rows:
+        path = Path(rel).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            missing.append((path, f"file not found (line {line} of {csv_path.name})"))
+            continue
+        files.append(path)
+        label_ids.append(index[label])
+        subjects.append(subject)
+    if not files:
+        raise DatasetError(
+            f"none of the {len(rows)} file(s) listed in {csv_path} exists (paths are relative to {base}); "
+            f"first: {_short_list([str(p) for p, _ in missing], 3)}"
+        )
+    if subject_pattern is not None:
+        subjects = _apply_subject_pattern(subject_pattern, files, csv_path)
+    elif subject_fn is not None:
+        subjects = [subject_fn(p) for p in files]
+    return _build(
+        "labels", base, files, label_ids, subjects, names,
+        strict=strict, image_size=size, interpolation=interpolation, fit=fit, transform=transform,
+        face_cropped=face_cropped, pre_skipped=missing, t0=t0,
+    )
+
+
+def _load_fer2013(root: str | os.PathLike, **kwargs: Any) -> FERDataset:
+    from .fer2013 import load_fer2013
+
+    return load_fer2013(root, **kwargs)
 
 
 _KINDS: dict[str, Callable[..., FERDataset]] = {
@@ -695,26 +1225,36 @@ _KINDS: dict[str, Callable[..., FERDataset]] = {
     "ck+48": load_ckplus48,
     "jaffe": load_jaffe,
     "folder": load_image_folder,
+    "labels": load_label_file,
+    "fer2013": _load_fer2013,
+    "fer-2013": _load_fer2013,
 }
+#: The dataset kinds :func:`load_dataset` takes (aliases ``ck+48`` and ``fer-2013`` too).
+DATASET_KINDS: tuple[str, ...] = ("ckplus48", "jaffe", "folder", "labels", "fer2013")
 
 
 def load_dataset(kind: str, root: str | os.PathLike, *, strict: bool = False, **kwargs: Any) -> FERDataset:
     """Load a dataset into memory.
 
     Args:
-        kind: ``ckplus48`` (alias ``ck+48``), ``jaffe`` or ``folder``.
-        root: its folder (for ``ckplus48`` / ``jaffe`` also the folder holding it).
-        strict: raise :class:`~vitfer.data.io.DatasetError` on an undecodable file instead of
-            skipping it with a :class:`SkippedFilesWarning`.
-        **kwargs: ``transform`` for every kind; ``image_size``, ``interpolation``,
-            ``subject_fn``, ``classes`` for ``folder`` (see :func:`load_image_folder`).
+        kind: ``ckplus48`` (alias ``ck+48``), ``jaffe``, ``folder``, ``labels`` or ``fer2013``
+            (alias ``fer-2013``).
+        root: its folder (for ``ckplus48`` / ``jaffe`` also the folder holding it); for
+            ``labels`` the label file; for ``fer2013`` the ``fer2013.csv`` file or a folder
+            holding it (or ``fer2013/fer2013.csv``).
+        strict: raise :class:`~vitfer.data.io.DatasetError` on an undecodable file (a bad CSV
+            row for ``fer2013``) instead of skipping it with a :class:`SkippedFilesWarning`.
+        **kwargs: ``transform``, ``image_size``, ``interpolation``, ``fit`` for every kind;
+            ``subject_fn``, ``subject_pattern``, ``classes`` for ``folder`` and ``labels``;
+            ``labels`` (a label file) for ``folder`` (see :func:`load_image_folder`,
+            :func:`load_label_file`, :func:`~vitfer.data.fer2013.load_fer2013`).
 
     Returns:
         FERDataset; ``dataset[i]`` is ``(float (C, H, W), label)``: C = 3 without a transform,
         the model's channels with a :func:`~vitfer.data.build_transforms` pipeline (see
-        :class:`FERDataset` ``channels``).
+        :class:`FERDataset` ``channels``). ``dataset.load_report`` says what loading did.
     """
     key = kind.lower()
     if key not in _KINDS:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of ckplus48, jaffe, folder")
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
     return _KINDS[key](root, strict=strict, **kwargs)

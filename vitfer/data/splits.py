@@ -15,6 +15,11 @@ Kinds:
   subject is ever on both sides (nor on both train and val).
 - ``kfold``: stratified k-fold over images; the test part is fold ``fold`` of ``n_folds``; the
   images of each fold depend on the seed (the fold sizes do not).
+- ``official``: the dataset's own parts (``dataset.usage``): FER-2013's Training / PublicTest /
+  PrivateTest as train / val / test, or the ``train/``, ``val/`` (``validation/``) and
+  ``test/`` folders of a folder dataset. Without a validation part, ``val_size`` carves one from
+  the training part (stratified); with one, ``val_size`` is ignored. ``seed``, ``n_folds`` and
+  ``fold`` play no part; ``test_size`` is an error.
 - ``subject-kfold``: k folds of whole subjects with balanced image counts (fold sizes within
   one subject's image count of each other); every subject is in exactly one test fold (with
   ``n_folds`` = number of subjects: leave-one-subject-out). Which subjects share a fold, and
@@ -37,10 +42,27 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["SPLIT_KINDS", "SplitError", "make_split", "iter_folds"]
+__all__ = ["SPLIT_KINDS", "ALL_SPLIT_KINDS", "OFFICIAL_PARTS", "SplitError", "make_split", "iter_folds"]
 
-#: The split kinds :func:`make_split` knows.
+#: The split kinds that :func:`make_split` makes on any dataset with labels (and subjects), from
+#: a seed.
 SPLIT_KINDS: tuple[str, ...] = ("random", "subject", "kfold", "subject-kfold")
+#: Every kind :func:`make_split` knows: :data:`SPLIT_KINDS` and ``official`` (the dataset's own
+#: parts; only datasets with ``usage``, and the same for every seed, so it is kept apart).
+ALL_SPLIT_KINDS: tuple[str, ...] = (*SPLIT_KINDS, "official")
+
+#: ``dataset.usage`` values (lower case) and the official part each stands for: FER-2013's
+#: Usage column and the part folders of a ``root/train|val|test/<class>/`` layout.
+OFFICIAL_PARTS: dict[str, str] = {
+    "training": "train", "train": "train",
+    "publictest": "val", "val": "val", "valid": "val", "validation": "val",
+    "privatetest": "test", "test": "test", "testing": "test",
+}
+_OFFICIAL_HELP = (
+    "--split official needs a dataset with its own train/test parts: FER-2013 (--dataset fer2013, its "
+    "Usage column) or a folder laid out as train/<class>/ and test/<class>/ (optionally val/ or "
+    "validation/) given to --dataset folder"
+)
 
 _GROUP_TRIALS = 64  # candidate subject selections scored per subject hold-out
 
@@ -107,7 +129,8 @@ def _groups(dataset: Any, indices: Sequence[int]) -> dict[str, list[int]]:
     if subjects is None or any(subjects[i] is None for i in indices):
         raise SplitError(
             f"dataset {name!r} has no subject for every item, so it cannot be split by subject "
-            "(for a folder dataset pass subject_fn=...; or use kind='random' / 'kfold')"
+            "(for a folder or label-file dataset pass --subject-pattern REGEX, in Python subject_pattern= or "
+            "subject_fn=...; or use --split random / kfold)"
         )
     groups: dict[str, list[int]] = defaultdict(list)
     for i in indices:
@@ -213,6 +236,38 @@ def _fold_of_subjects(groups: dict[str, list[int]], n_folds: int, seed: int) -> 
     return fold
 
 
+def _official_split(
+    dataset: Any, labels: list[int], *, seed: int, test_size: Any, val_size: int | float
+) -> dict[str, list[int]]:
+    """The ``official`` split from ``dataset.usage`` (see the module docstring)."""
+    name = getattr(dataset, "name", type(dataset).__name__)
+    usage = getattr(dataset, "usage", None)
+    if usage is None or len(usage) != len(labels) or all(u is None for u in usage):
+        raise SplitError(f"dataset {name!r} has no official split. {_OFFICIAL_HELP}; otherwise use --split "
+                         "random, subject, kfold or subject-kfold")
+    if test_size is not None:
+        raise SplitError("--test-size does not apply to --split official: the test part is the dataset's own")
+    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for i, u in enumerate(usage):
+        part = OFFICIAL_PARTS.get(str(u).lower()) if u is not None else None
+        if part is None:
+            raise SplitError(
+                f"dataset {name!r}: item {i} ({getattr(dataset, 'paths', [None] * (i + 1))[i]}) has part "
+                f"{u!r}, which is not one of {', '.join(sorted(OFFICIAL_PARTS))}"
+            )
+        parts[part].append(i)
+    if not parts["train"]:
+        raise SplitError(f"dataset {name!r} has no training part, so --split official cannot train")
+    if not parts["test"]:
+        raise SplitError(
+            f"dataset {name!r} has no test part (only {', '.join(k for k, v in parts.items() if v)}), so "
+            "--split official has nothing to test on; use --split random or kfold"
+        )
+    if not parts["val"]:
+        parts["train"], parts["val"] = _carve_val(dataset, parts["train"], val_size, seed, False)
+    return {k: sorted(v) for k, v in parts.items()}
+
+
 def make_split(
     dataset: Any,
     kind: str,
@@ -228,7 +283,8 @@ def make_split(
     Args:
         dataset: anything with per-item ``labels`` (and ``subjects`` for subject kinds),
             e.g. a :class:`~vitfer.data.FERDataset` or :class:`~vitfer.data.SyntheticFaces`.
-        kind: ``random``, ``subject``, ``kfold`` or ``subject-kfold``.
+        kind: ``random``, ``subject``, ``kfold``, ``subject-kfold`` or ``official`` (the
+            dataset's own parts, ``dataset.usage``).
         seed: fixes every choice; the same seed gives the same split.
         test_size: ``random`` / ``subject`` only: int count or float fraction of the dataset;
             None uses ``dataset.default_test_size`` (CK+48 200, JAFFE 70, else 0.2).
@@ -246,13 +302,15 @@ def make_split(
             ``n_folds`` larger than the number of subjects (or images), bad ``fold``.
     """
     kind = kind.lower()
-    if kind not in SPLIT_KINDS:
-        raise SplitError(f"unknown split kind {kind!r}; expected one of {', '.join(SPLIT_KINDS)}")
+    if kind not in ALL_SPLIT_KINDS:
+        raise SplitError(f"unknown split kind {kind!r}; expected one of {', '.join(ALL_SPLIT_KINDS)}")
     labels = [int(y) for y in dataset.labels]
     n = len(labels)
     everything = list(range(n))
     by_subject = kind in ("subject", "subject-kfold")
 
+    if kind == "official":
+        return _official_split(dataset, labels, seed=seed, test_size=test_size, val_size=val_size)
     if kind in ("random", "subject"):
         if test_size is None:
             test_size = getattr(dataset, "default_test_size", 0.2)

@@ -10,8 +10,8 @@ import torch
 
 _logger = logging.getLogger(__name__)
 
-DATASET_KINDS = ("synthetic", "ckplus48", "jaffe", "folder")
-SPLIT_KINDS = ("random", "subject", "kfold", "subject-kfold")
+DATASET_KINDS = ("synthetic", "ckplus48", "jaffe", "folder", "fer2013")
+SPLIT_KINDS = ("random", "subject", "kfold", "subject-kfold", "official")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 HEADS = ("linear", "mlp", "svm")
@@ -44,9 +44,11 @@ class FinetuneConfig:
     """
 
     model: str = "resnet18d"  # from scratch on a CPU; transformers need pretrained weights or long runs
-    dataset: str = "synthetic"  # synthetic | ckplus48 | jaffe | folder
+    dataset: str = "synthetic"  # synthetic | ckplus48 | jaffe | folder | fer2013
     data_dir: Optional[str] = None  # dataset folder (ckplus48/jaffe default: $VITFER_DATA_DIR; folder: required)
-    split: str = "random"  # random | subject | kfold | subject-kfold
+    labels: Optional[str] = None  # folder: a path,label[,subject] CSV instead of class sub-folders
+    subject_pattern: Optional[str] = None  # folder: regex whose group captures the subject from the file name
+    split: str = "random"  # random | subject | kfold | subject-kfold | official (FER-2013, train/ + test/)
     fold: int = 0
     n_folds: int = 5
     test_size: Optional[float] = None  # None: the dataset's default (the study's 200 / 70 images)
@@ -133,8 +135,13 @@ class FinetuneConfig:
             raise bad("mlp_hidden", "a tuple of positive ints")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise bad("recipe", "one of " + ", ".join(RECIPES))
-        if self.dataset == "folder" and not self.data_dir:
-            raise ValueError("dataset 'folder' needs its folder: data_dir (--data-dir DIR), a folder of class sub-folders")
+        if self.dataset == "folder" and not (self.data_dir or self.labels):
+            raise ValueError("dataset 'folder' needs its folder: data_dir (--data-dir DIR), a folder of class sub-folders "
+                             "(or --labels FILE.csv)")
+        if self.dataset == "fer2013" and not self.data_dir:
+            raise ValueError("dataset 'fer2013' needs the CSV: data_dir (--data-dir fer2013.csv or the folder holding it)")
+        if (self.labels or self.subject_pattern) and self.dataset != "folder":
+            raise ValueError("--labels and --subject-pattern apply to --dataset folder")
         _device(self.device)
 
     @classmethod

@@ -46,10 +46,26 @@ def build_dataset(cfg: FinetuneConfig):
     root = cfg.data_dir
     if not root and cfg.dataset in ("ckplus48", "jaffe"):
         root = os.environ.get("VITFER_DATA_DIR")
+    if not root and cfg.labels:
+        root = str(Path(cfg.labels).expanduser().parent)
     if not root:
         raise ValueError(f"dataset {cfg.dataset!r} needs a folder: pass data_dir (--data-dir) or set VITFER_DATA_DIR")
-    return load_dataset(cfg.dataset, root)
+    kwargs: dict[str, Any] = {}
+    if cfg.dataset == "folder":
+        # Photos of any size: each is resized at load time to the run's input size (shorter side,
+        # then a centre crop), so memory stays bounded.
+        kwargs.update(image_size=run_input_size(cfg), labels=cfg.labels, subject_pattern=cfg.subject_pattern)
+    return load_dataset(cfg.dataset, root, **kwargs)
 
+
+def run_input_size(cfg: FinetuneConfig) -> int:
+    """The run's input size: ``img_size``, else (the model's own) the registered variant's."""
+    size = cfg.sizes()[0]
+    if size is None:
+        from vitfer.models import get_model_spec
+
+        size = int(get_model_spec(cfg.model).pretrained_cfg.input_size[-1])
+    return int(size)
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine") -> float:
