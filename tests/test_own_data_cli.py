@@ -105,3 +105,29 @@ def test_mixed_size_folder_error_names_img_size_flag(tmp_path, capsys):
     root = _photos(tmp_path / "p", n=4)
     with pytest.raises(ValueError, match="--img-size"):
         load_dataset("folder", root)
+
+
+def test_crop_faces_on_photos_of_pasted_jaffe_faces(data_root, tmp_path, capsys):
+    """--crop-faces: JAFFE faces pasted into larger noisy photos (written under tmp_path only);
+    training sees the detected crops, photos without a face are skipped and named."""
+    rng = np.random.default_rng(0)
+    jaffe = sorted((data_root / "jaffe").glob("*.tiff"))
+    root = tmp_path / "photos"
+    picked = {"happy": [p for p in jaffe if ".HA" in p.name][:6], "surprise": [p for p in jaffe if ".SU" in p.name][:6]}
+    for cls, files in picked.items():
+        (root / cls).mkdir(parents=True)
+        for i, f in enumerate(files):
+            canvas = Image.fromarray(rng.integers(90, 140, (300, 420), dtype=np.uint8), "L")
+            face = Image.open(f).convert("L").resize((160, 160))
+            canvas.paste(face, (int(rng.integers(0, 260)), int(rng.integers(0, 140))))
+            canvas.convert("RGB").save(root / cls / f"photo{i}.jpg")
+    Image.fromarray(rng.integers(0, 255, (200, 200), dtype=np.uint8), "L").save(root / "happy" / "noface.png")
+    out = tmp_path / "run"
+    rc = main(["finetune", "--dataset", "folder", "--data-dir", str(root), "--crop-faces", *TINY, "--val-size", "0",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "noface.png" in err and "no face found" in err
+    sizes = json.loads((out / "metrics.json").read_text())["split_sizes"]
+    assert sum(sizes.values()) >= 11  # the detector finds (nearly) every pasted face
+    assert vitfer.load(out / "model.safetensors").pretrained_cfg["crop_pct"] == 1.0  # crops are face crops

@@ -83,7 +83,7 @@ def test_evaluate_confusion_matrix():
 
 def test_bad_config_errors():
     with pytest.raises(ValueError, match="dataset must be one of"):
-        finetune(FinetuneConfig(dataset="fer2013"))
+        finetune(FinetuneConfig(dataset="affectnet"))
     with pytest.raises(ValueError, match="optimizer"):
         finetune(FinetuneConfig(optimizer="lamb"))
 

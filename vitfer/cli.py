@@ -270,6 +270,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subject-pattern", default=None, metavar="REGEX",
                    help="--dataset folder: a regex whose group (or group 'subject') captures the subject from each "
                    "file name, for the subject splits")
+    p.add_argument("--crop-faces", action="store_true",
+                   help="--dataset folder: train on the largest face OpenCV's Haar cascade finds in each photo (images "
+                   "without one are skipped and listed); needs the detect extra")
     p.add_argument("--split", default=d.split, choices=SPLIT_KINDS,
                    help="random (the study's), subject (no person on both sides), kfold, subject-kfold, official "
                    "(FER-2013's Usage column, or a folder with train/ and test/)")
@@ -337,7 +340,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         pretrained = True if args.pretrained == "hub" else args.pretrained
     given = dict(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, labels=args.labels,
-        subject_pattern=args.subject_pattern, split=args.split, fold=args.fold,
+        subject_pattern=args.subject_pattern, crop_faces=args.crop_faces, split=args.split, fold=args.fold,
         n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size,
         patch_size=args.patch_size, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,

@@ -582,10 +582,13 @@ def _decode_all(
     source: Path,
     fit: str = "crop",
     pre_skipped: Sequence[tuple[Path, str]] = (),
+    preprocess: Callable[[Image.Image], tuple[Image.Image | None, str]] | None = None,
 ) -> tuple[list[int], list[Tensor], list[tuple[Path, str]], int]:
     """Decode ``files``; returns kept positions, their uint8 (C, H, W) tensors, the skipped
     (``pre_skipped`` first) and how many were resized. With ``image_size`` every image is
-    resized right after decoding (memory stays ``N x image_size``)."""
+    resized right after decoding (memory stays ``N x image_size``). ``preprocess(image)`` runs on
+    each decoded image first (e.g. cropping the face) and returns ``(image, "")`` or
+    ``(None, reason)`` for an image to skip."""
     kept: list[int] = []
     tensors: list[Tensor] = []
     skipped: list[tuple[Path, str]] = list(pre_skipped)
@@ -598,6 +601,11 @@ def _decode_all(
         except ImageDecodeError as exc:
             skipped.append((path, exc.reason))
             continue
+        if preprocess is not None:
+            im, reason = preprocess(im)
+            if im is None:
+                skipped.append((path, reason))
+                continue
         if image_size is not None and im.size != (image_size[1], image_size[0]):
             im = fit_image(im, image_size, fit=fit, interpolation=interpolation)
             n_resized += 1
@@ -618,7 +626,7 @@ def _skipped_message(source: Path, skipped: Sequence[tuple[Path, str]], n_files:
     if len(skipped) > _MAX_LISTED:
         lines.append(f"  ... and {len(skipped) - _MAX_LISTED} more (all of them in dataset.skipped)")
     return (
-        f"skipped {len(skipped)} of {n_files} image file(s) in {source} that cannot be decoded "
+        f"skipped {len(skipped)} of {n_files} image file(s) in {source} that cannot be decoded or used "
         f"(strict=True makes this an error):\n" + "\n".join(lines)
     )
 
@@ -716,11 +724,12 @@ def _build(
     face_cropped: bool = False,
     usage: list[str | None] | None = None,
     pre_skipped: Sequence[tuple[Path, str]] = (),
+    preprocess: Callable[[Image.Image], tuple[Image.Image | None, str]] | None = None,
     t0: float,
 ) -> FERDataset:
     kept, tensors, skipped, n_resized = _decode_all(
         files, strict=strict, image_size=image_size, interpolation=interpolation, source=root, fit=fit,
-        pre_skipped=pre_skipped,
+        pre_skipped=pre_skipped, preprocess=preprocess,
     )
     kept_labels = [labels[i] for i in kept]
     counts = Counter(kept_labels)
@@ -841,6 +850,7 @@ def load_image_folder(
     labels: str | os.PathLike | None = None,
     transform: Callable[..., Tensor] | None = None,
     face_cropped: bool = False,
+    preprocess: Callable[[Image.Image], tuple[Image.Image | None, str]] | None = None,
 ) -> FERDataset:
     """Load ``<root>/<class>/**/<image>`` (png, jpg, jpeg, bmp, tif, tiff, webp, gif).
 
@@ -892,7 +902,7 @@ def load_image_folder(
         return load_label_file(
             csv_path, strict=strict, image_size=image_size, interpolation=interpolation, fit=fit,
             subject_fn=subject_fn, subject_pattern=subject_pattern, classes=classes, transform=transform,
-            face_cropped=face_cropped,
+            face_cropped=face_cropped, preprocess=preprocess,
         )
     root = _require_dir(Path(root).expanduser(), "dataset folder")
     if interpolation not in _INTERP:
@@ -947,7 +957,7 @@ def load_image_folder(
     return _build(
         "folder", root, files, label_ids, subjects, names,
         strict=strict, image_size=size, interpolation=interpolation, fit=fit, transform=transform,
-        face_cropped=face_cropped, usage=usage if parts is not None else None, t0=t0,
+        face_cropped=face_cropped, usage=usage if parts is not None else None, preprocess=preprocess, t0=t0,
     )
 
 
@@ -1136,6 +1146,7 @@ def load_label_file(
     classes: Sequence[str] | None = None,
     transform: Callable[..., Tensor] | None = None,
     face_cropped: bool = False,
+    preprocess: Callable[[Image.Image], tuple[Image.Image | None, str]] | None = None,
 ) -> FERDataset:
     """Load the images listed in a label file: a CSV of ``path,label[,subject]`` rows.
 
@@ -1210,7 +1221,7 @@ def load_label_file(
     return _build(
         "labels", base, files, label_ids, subjects, names,
         strict=strict, image_size=size, interpolation=interpolation, fit=fit, transform=transform,
-        face_cropped=face_cropped, pre_skipped=missing, t0=t0,
+        face_cropped=face_cropped, pre_skipped=missing, preprocess=preprocess, t0=t0,
     )
 
 

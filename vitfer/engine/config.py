@@ -48,6 +48,8 @@ class FinetuneConfig:
     data_dir: Optional[str] = None  # dataset folder (ckplus48/jaffe default: $VITFER_DATA_DIR; folder: required)
     labels: Optional[str] = None  # folder: a path,label[,subject] CSV instead of class sub-folders
     subject_pattern: Optional[str] = None  # folder: regex whose group captures the subject from the file name
+    crop_faces: bool = False  # folder: keep the largest face the detector finds in each image (skip the others)
+    face_margin: float = 0.2  # margin added around a detected face, as a fraction of its size
     split: str = "random"  # random | subject | kfold | subject-kfold | official (FER-2013, train/ + test/)
     fold: int = 0
     n_folds: int = 5
@@ -140,8 +142,10 @@ class FinetuneConfig:
                              "(or --labels FILE.csv)")
         if self.dataset == "fer2013" and not self.data_dir:
             raise ValueError("dataset 'fer2013' needs the CSV: data_dir (--data-dir fer2013.csv or the folder holding it)")
-        if (self.labels or self.subject_pattern) and self.dataset != "folder":
-            raise ValueError("--labels and --subject-pattern apply to --dataset folder")
+        if (self.labels or self.subject_pattern or self.crop_faces) and self.dataset != "folder":
+            raise ValueError("--labels, --subject-pattern and --crop-faces apply to --dataset folder")
+        if not 0.0 <= self.face_margin <= 1.0:
+            raise bad("face_margin", "in [0, 1]")
         _device(self.device)
 
     @classmethod
