@@ -138,3 +138,15 @@ def test_bf16_agrees_with_fp32_on_ckplus48(data_root, tmp_path):
     bf16 = [r["label"] for r in Predictor(out / "model.safetensors", precision="bf16").predict(x)]
     agree = sum(a == b for a, b in zip(fp32, bf16)) / len(fp32)
     assert len(fp32) == 200 and agree >= 0.99, agree
+
+
+def test_cli_export_onnx(ckpt, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (in the test extra)")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "--onnx", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out}" in text and "max |diff|" in text
+    from vitfer.inference import read_onnx_metadata
+
+    meta = read_onnx_metadata(out)
+    assert meta["num_classes"] == 7 and len(meta["class_names"]) == 7

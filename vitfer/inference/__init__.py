@@ -1,5 +1,5 @@
 """Inference: classifying faces in photos, folders and videos (:class:`Predictor`), face
-detection and cropping (:mod:`vitfer.inference.detect`).
+detection and cropping (:mod:`vitfer.inference.detect`), ONNX export (:mod:`vitfer.inference.export`).
 
 OpenCV is optional (``pip install 'vitfer[detect]'``); it is imported only when a detector is
 built, so importing this package never needs it.
@@ -12,7 +12,9 @@ from .detect import (
     largest_face,
 )
 
+from .export import ONNXMismatchError, check_onnx, export_checkpoint, export_onnx, read_onnx_metadata
 from .predict import Predictor, annotate, expand_inputs
 
-__all__ = ["Box", "FaceDetector", "Predictor", "annotate", "crop_face", "crop_largest_face", "expand_inputs",
-           "largest_face"]
+__all__ = ["Box", "FaceDetector", "ONNXMismatchError", "Predictor", "annotate", "check_onnx", "crop_face",
+           "crop_largest_face", "expand_inputs", "export_checkpoint", "export_onnx", "largest_face",
+           "read_onnx_metadata"]

@@ -4,7 +4,8 @@ This module is the one place that decides how attention is computed:
 
 * ``impl="auto"`` (default): :func:`torch.nn.functional.scaled_dot_product_attention` when the
   query lives on a CUDA device, the hand-written path everywhere else;
-* ``impl="manual"``: always the hand-written path (ONNX export, attention maps, debugging);
+* ``impl="manual"``: always the hand-written path (attention maps, debugging; ONNX export uses
+  ``"sdpa"``, which the exporter lowers to plain MatMul / Softmax nodes);
 * ``impl="sdpa"``: always PyTorch's fused kernel.
 
 The hand-written path computes ``softmax(q k^T * scale) v`` over chunks of (image, head) pairs
