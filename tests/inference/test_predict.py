@@ -111,6 +111,9 @@ def test_annotate_writes_boxes(ckpt, data_root, tmp_path, capsys):
 
 
 def test_python_api_inputs(ckpt, tmp_path):
+    import vitfer
+
+    assert vitfer.Predictor is Predictor
     p = Predictor(ckpt)
     x = torch.rand(3, 3, 40, 40)
     recs = p.predict(x)
