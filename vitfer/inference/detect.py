@@ -133,51 +133,12 @@ class Box:
 # ----------------------------------------------------------------------------- image conversion
 
 
-def _scale_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _high_bit_depth_to_grey(im: Image.Image) -> np.ndarray:
-    """``I;16*`` / ``I`` / ``F`` to uint8, by value range (as :func:`vitfer.data.io.load_image`)."""
-    arr = np.asarray(im)
-    if im.mode.startswith("I;16"):
-        if arr.dtype.kind == "i":
-            arr = arr.astype(np.int32) + 32768
-        return _scale_to_uint8(arr, 0, 65535)
-    if arr.size == 0:
-        return arr.astype(np.uint8)
-    if im.mode == "F":
-        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo >= 0.0 and hi <= 1.0:
-            return _scale_to_uint8(arr, 0.0, 1.0)
-        return _scale_to_uint8(arr, lo, hi)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo >= 0 and hi <= 65535:
-        return _scale_to_uint8(arr, 0, 65535)
-    return _scale_to_uint8(arr, lo, hi)
-
-
 def _pil_to_grey(im: Image.Image) -> np.ndarray:
-    mode = im.mode
-    if mode == "L":
-        return np.asarray(im, dtype=np.uint8)
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return _high_bit_depth_to_grey(im)
-    has_alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa") or (
-        mode == "P" and "transparency" in im.info
-    )
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        base = Image.new("RGB", im.size, (0, 0, 0))
-        base.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
-        return np.asarray(base.convert("L"), dtype=np.uint8)
-    if mode in ("1", "P", "RGB"):
-        return np.asarray(im.convert("L"), dtype=np.uint8)
-    return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8)
+    """8-bit grey, converted exactly as :func:`vitfer.data.load_image` converts (high bit depths
+    by value range, alpha composited over black), then to luma."""
+    from vitfer.data.io import _to_l_or_rgb
+
+    return np.asarray(_to_l_or_rgb(im, 0).convert("L"), dtype=np.uint8)
 
 
 def _array_to_pil(arr: np.ndarray, channels_first: bool | None) -> Image.Image:
