@@ -143,3 +143,9 @@ def test_cli_finetune_and_predict(tmp_path, capsys):
     bad.write_bytes(b"not an image")
     assert main(["predict", str(out / "model.safetensors"), str(bad)]) == 1
     assert "bad.png" in capsys.readouterr().err
+
+
+def test_unknown_family_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["models", "--family", "nope"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err

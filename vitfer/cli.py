@@ -70,7 +70,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models (parameters, default pretrained source)")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style name filter, e.g. 'crossvit_*'")
-    p.add_argument("--family", default=None, help="only this family (vit, convit, crossvit, vit_hybrid, resnet, vgg)")
+    p.add_argument("--family", default=None, choices=("vit", "convit", "crossvit", "vit_hybrid", "resnet", "vgg"),
+                   help="only this family")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_models)
 
