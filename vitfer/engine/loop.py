@@ -279,7 +279,6 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
     train_model = dist.wrap(model)
 
     ckpt = out_dir / "model.safetensors"
-    init = getattr(model, "pretrained_source", None) or "scratch"
     history: list[dict[str, Any]] = []
     best: Optional[dict[str, Any]] = None
     step, start_epoch, train_time = 0, 0, 0.0
@@ -344,7 +343,7 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
         if dist.is_main:
             if better:
                 save(model, ckpt, class_names=list(data.classes), source=f"vitfer finetune on {cfg.dataset}",
-                     epoch=epoch + 1, dataset=cfg.dataset, split=cfg.split, init=init,
+                     epoch=epoch + 1, dataset=cfg.dataset, split=cfg.split,
                      finetune_config=asdict(cfg))
             save_train_state(out_dir / STATE_FILE, model, opt, {
                 "epoch": epoch + 1, "step": step, "history": history, "best": best, "train_time_s": train_time,
@@ -364,16 +363,20 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
 
     best_model = load(ckpt, map_location=device)
     test = evaluate(best_model, test_set, device=device, num_classes=data.num_classes, amp=cfg.amp)
+    return run_result(cfg, model, data, split, test, ckpt, out_dir, history=history,
+                      best_epoch=best["epoch"] if best else None, peak_lr=peak_lr, train_time_s=train_time)
+
+
+def run_result(cfg, model, data, split, test: dict[str, Any], ckpt: Path, out_dir: Path, **extra: Any) -> dict[str, Any]:
+    """The result of a run (``metrics.json`` without the config): data, split and test metrics,
+    with ``extra`` (history, best epoch, training time ...) in between."""
     return {
         "model": model.model_name,
         "classes": list(data.classes),
         "split_sizes": {k: len(v) for k, v in split.items()},
         "test_subjects": sorted({str(data.subjects[i]) for i in split["test"] if data.subjects[i] is not None}),
         "seed": cfg.seed,
-        "history": history,
-        "best_epoch": best["epoch"] if best else None,
-        "peak_lr": peak_lr,
-        "train_time_s": train_time,
+        **extra,
         "test": test,
         "test_accuracy": test["accuracy"],
         "per_class_accuracy": test["per_class_accuracy"],

@@ -75,6 +75,8 @@ def _accuracy(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> flo
 def fit_svm_head(cfg, model, data, split, train_set, val_set, test_set, dist, out_dir: Path) -> dict[str, Any]:
     from vitfer.weights import load, save
 
+    from .loop import run_result
+
     device = dist.device
     head = model.get_classifier()
     if not isinstance(head, nn.Linear):
@@ -104,15 +106,8 @@ def fit_svm_head(cfg, model, data, split, train_set, val_set, test_set, dist, ou
     ckpt = out_dir / "model.safetensors"
     if dist.is_main:
         save(model, ckpt, class_names=list(data.classes), source=f"vitfer finetune on {cfg.dataset} (linear SVM head)",
-             dataset=cfg.dataset, split=cfg.split, init=getattr(model, "pretrained_source", None) or "scratch",
-             finetune_config=asdict(cfg), svm_c=best_c)
+             dataset=cfg.dataset, split=cfg.split, finetune_config=asdict(cfg), svm_c=best_c)
     dist.barrier()
     test = evaluate(load(ckpt, map_location=device), test_set, device=device, num_classes=k, amp=cfg.amp)
-    return {
-        "model": model.model_name, "classes": list(data.classes), "split_sizes": {p: len(v) for p, v in split.items()},
-        "test_subjects": sorted({str(data.subjects[i]) for i in split["test"] if data.subjects[i] is not None}),
-        "seed": cfg.seed, "history": [], "best_epoch": None, "svm": {"C": best_c, "grid": grid},
-        "train_time_s": train_time, "test": test, "test_accuracy": test["accuracy"],
-        "per_class_accuracy": test["per_class_accuracy"], "confusion": test["confusion"],
-        "class_names": list(data.classes), "checkpoint": str(ckpt), "out_dir": str(out_dir),
-    }
+    return run_result(cfg, model, data, split, test, ckpt, out_dir, history=[], best_epoch=None,
+                      svm={"C": best_c, "grid": grid}, train_time_s=train_time)
