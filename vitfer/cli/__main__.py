@@ -1,0 +1,6 @@
+"""``python -m vitfer.cli``."""
+import sys
+
+from vitfer.cli import main
+
+sys.exit(main())

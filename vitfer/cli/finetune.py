@@ -1,0 +1,195 @@
+"""``vitfer finetune``: train or fine-tune a model (one run, every fold, resume)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from vitfer.cli._common import _PARSERS, _explicit_args, _fold, _format_metrics, _size
+from vitfer.cli._logging import _progress_to_stdout
+
+
+class _Progress:
+    """The CLI's view of a run (an engine :class:`~vitfer.engine.Callback`): a tqdm bar per epoch
+    (batch loss and accuracy, images/s, time left) where stderr is a terminal; elsewhere the engine's one line an
+    epoch is enough."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_start(self, info: dict[str, Any]) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=info["steps_per_epoch"], desc=f"epoch {info['epoch']}/{info['epochs']}",
+                        unit="step", leave=False, dynamic_ncols=True)
+
+    def on_step(self, info: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            rate = self.bar.format_dict.get("rate") or 0.0
+            self.bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info.get('accuracy', 0.0):.2f}",
+                                 img_s=f"{rate * info['images']:.0f}", refresh=False)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_train_end(self, result: dict[str, Any]) -> None:
+        self.on_epoch_end({})
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from vitfer.engine import AMP_MODES, DATASET_KINDS, OPTIMIZERS, SPLIT_KINDS, FinetuneConfig
+    from vitfer.engine.config import HEADS, RECIPES, SCHEDULES
+
+    d = FinetuneConfig()
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on FER data (default: the built-in synthetic faces)",
+        description="Fine-tune a model. Writes a run folder (--out, default a new runs/<model>-<dataset>-<time>): "
+        "config.json, metrics.jsonl (per epoch), model.safetensors (best epoch on the validation part) and "
+        "metrics.json (test accuracy, UAR, macro-F1, per-class accuracy, confusion matrix).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                   help="named defaults, every one overridable: scratch (AdamW, 48 px; the default without "
+                   "--pretrained), thesis (the study: SGD lr 0.003, batch 10, 50 epochs, ImageNet weights at the "
+                   "model's size), thesis-resnet (frozen ResNet, 3-layer MLP head, Adam 5e-4), thesis-svm (frozen "
+                   "features + linear SVM)")
+    p.add_argument("--model", default=d.model, help="registered model name (`vitfer models`), or timm-style NAME.TAG")
+    p.add_argument("--dataset", default=d.dataset, choices=DATASET_KINDS,
+                   help="synthetic = the built-in drawn faces (no files needed); folder = any folder of class "
+                   "sub-folders (photos of any size); fer2013 = the original fer2013.csv")
+    p.add_argument("--data-dir", default=None,
+                   help="dataset folder (ckplus48/jaffe: default $VITFER_DATA_DIR; folder: required; fer2013: the "
+                   "CSV or its folder)")
+    p.add_argument("--labels", default=None, metavar="FILE.csv",
+                   help="--dataset folder: a label file of path,label[,subject] rows (paths relative to it) instead of "
+                   "class sub-folders")
+    p.add_argument("--subject-pattern", default=None, metavar="REGEX",
+                   help="--dataset folder: a regex whose group (or group 'subject') captures the subject from each "
+                   "file name, for the subject splits")
+    p.add_argument("--crop-faces", action="store_true",
+                   help="--dataset folder: train on the largest face OpenCV's Haar cascade finds in each photo (images "
+                   "without one are skipped and listed); needs the detect extra")
+    p.add_argument("--split", default=d.split, choices=SPLIT_KINDS,
+                   help="random (the study's), subject (no person on both sides), kfold, subject-kfold, official "
+                   "(FER-2013's Usage column, or a folder with train/ and test/)")
+    p.add_argument("--fold", type=_fold, default=d.fold,
+                   help="test fold of the k-fold splits (0 .. n-folds - 1), or 'all': every fold in OUT/fold-K, "
+                   "then OUT/summary.json and summary.md (finished folds are skipped on a rerun)")
+    p.add_argument("--n-folds", type=int, default=d.n_folds, help="folds of the k-fold splits")
+    p.add_argument("--val-size", type=float, default=d.val_size,
+                   help="fraction of the training side held out to pick the best epoch (0: none, keep the last)")
+    p.add_argument("--img-size", type=_size, default=d.img_size,
+                   help="input size; auto = 48 from scratch, the model's own with --pretrained; 0 = the model's own")
+    p.add_argument("--patch-size", type=_size, default=d.patch_size,
+                   help="patch size of transformers (CrossViT: (p, 4p/3); the hybrid and dagger CrossViTs keep "
+                   "theirs); auto = 6 from scratch, the model's own with --pretrained; 0 = the model's own")
+    p.add_argument("--pretrained", default=None,
+                   help="start from pretrained weights: 'hub' (the model's default weights), a checkpoint file, "
+                   "or hf-hub:REPO[@REV]")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimiser step")
+    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimiser (sgd: momentum 0.9)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="lr after the warm-up")
+    p.add_argument("--freeze", default=d.freeze,
+                   help="none, backbone (train the head only) or N (train the last N blocks / stages and the head)")
+    p.add_argument("--head", default=d.head, choices=HEADS,
+                   help="linear, mlp (hidden layers 512, 256) or svm (linear SVM on frozen features; needs "
+                   "--freeze backbone and the svm extra)")
+    p.add_argument("--lr", type=float, default=None, help="peak lr (default: 1e-3 for CNNs, 1e-4 for transformers)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="decoupled weight decay (none on biases, norms, tokens, position embeddings)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="linear warm-up steps (at most a fifth of the run) before the cosine decay")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="in [0, 1)")
+    p.add_argument("--synthetic-n", type=int, default=d.synthetic_n, help="number of synthetic faces")
+    p.add_argument("--seed", type=int, default=d.seed, help="fixes the split, the initialisation and the augmentation")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="mixed precision (bf16 autocast)")
+    p.add_argument("--out", default=None, help="run folder (default: a new runs/<model>-<dataset>-<date>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last finished epoch (its stored config; options "
+                   "given must match it)")
+    p.add_argument("--quiet", action="store_true", help="no progress output (the results are still printed)")
+    p.set_defaults(func=_cmd_finetune)
+    _PARSERS["finetune"] = p
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from vitfer.engine import FinetuneConfig, finetune, run_folds
+
+    pretrained: Any = False
+    if args.pretrained:
+        pretrained = True if args.pretrained == "hub" else args.pretrained
+    given = dict(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, labels=args.labels,
+        subject_pattern=args.subject_pattern, crop_faces=args.crop_faces, split=args.split, fold=args.fold,
+        n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size,
+        patch_size=args.patch_size, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        label_smoothing=args.label_smoothing, synthetic_n=args.synthetic_n, seed=args.seed, device=args.device,
+        amp=args.amp, out_dir=args.out, overwrite=args.overwrite, momentum=args.momentum, schedule=args.schedule,
+        freeze=args.freeze, head=args.head,
+    )
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    explicit = {{"out": "out_dir"}.get(k, k) for k in _explicit_args("finetune", args.argv)} & fields
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise ValueError(f"--resume {args.resume} and --out {args.out} name different folders")
+        try:
+            stored = json.loads((Path(args.resume) / "config.json").read_text())["config"]
+        except FileNotFoundError:
+            raise ValueError(f"--resume {args.resume}: no run there (no config.json)") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--resume {args.resume}: its config.json is unreadable ({e})") from e
+        values = {k: v for k, v in stored.items() if k in fields}
+        values.update({k: given[k] for k in explicit if k in given})
+        values["out_dir"] = args.resume
+        cfg = FinetuneConfig(**values)
+    else:
+        if args.fold == "all":
+            given["fold"] = 0
+        recipe = args.recipe or ("scratch" if not pretrained else None)
+        if recipe:  # the recipe's defaults, then what the command line sets
+            cfg = FinetuneConfig.from_recipe(recipe, **{k: given[k] for k in explicit if k in given})
+        else:
+            cfg = FinetuneConfig(**given)
+    if not args.quiet:
+        _progress_to_stdout("vitfer.engine", "vitfer.data")
+    callbacks = [_Progress()] if not args.quiet and sys.stderr.isatty() else []
+    if args.fold == "all":
+        if not cfg.out_dir:
+            from vitfer.engine import default_out_dir
+
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ValueError("--fold all under torchrun needs --out (every process must name the same folder)")
+            cfg = dataclasses.replace(cfg, out_dir=str(default_out_dir(cfg, label=cfg.split)))
+        summary = run_folds(cfg, callbacks=callbacks)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
+        from vitfer.engine.cv import summary_markdown
+
+        print(summary_markdown(summary))
+        print(f"summary: {Path(cfg.out_dir) / 'summary.json'} and summary.md")
+        return 0
+    res = finetune(cfg, resume=bool(args.resume), callbacks=callbacks)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
+    for line in _format_metrics(res["test"]):
+        print(line)
+    print(f"run folder: {res['out_dir']}")
+    print(f"checkpoint: {res['checkpoint']}  (vitfer predict {res['checkpoint']} IMAGE...)")
+    return 0
