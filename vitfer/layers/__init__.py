@@ -1,6 +1,7 @@
 """Building blocks of the vitfer models, one concept a file."""
 from .attention import ATTENTION_IMPLS, Attention, resolve_impl, scaled_dot_product_attention
 from .block import Block, LayerNorm6
+from .conv_stem import ConvNormAct, ConvStem
 from .cross_attention import CrossAttention, CrossAttentionBlock
 from .drop_path import DropPath, drop_path
 from .gpsa import GPSA, GPSABlock, attention_distance, grid_distances, rel_indices
@@ -14,6 +15,8 @@ __all__ = [
     "ATTENTION_IMPLS",
     "Attention",
     "Block",
+    "ConvNormAct",
+    "ConvStem",
     "CrossAttention",
     "CrossAttentionBlock",
     "DropPath",

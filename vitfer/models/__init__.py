@@ -30,7 +30,14 @@ from .registry import (
 from .resnet import ResNet, resnet18d, resnet34d, resnet50d, resnet101d
 from .vgg import VGG, vgg16, vgg19
 from .vit import VisionTransformer, vit_base_patch16_224, vit_small_patch16_224, vit_tiny_patch16_224
-from .vit_hybrid import HybridVisionTransformer, vit_base_r50_s16_224, vit_base_r50_s16_384, vit_base_resnet50_384
+from .vit_hybrid import (
+    HybridVisionTransformer,
+    vit_base_r50_s16_224,
+    vit_base_r50_s16_384,
+    vit_base_resnet50_384,
+    vit_small_cs_48,
+    vit_tiny_cs_48,
+)
 
 __all__ = [
     "ConViT",
@@ -70,6 +77,8 @@ __all__ = [
     "vit_base_patch16_224",
     "vit_base_r50_s16_224",
     "vit_base_r50_s16_384",
+    "vit_small_cs_48",
+    "vit_tiny_cs_48",
     "vit_base_resnet50_384",
     "vit_small_patch16_224",
     "vit_tiny_patch16_224",

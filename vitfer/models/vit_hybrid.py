@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import PatchEmbed
+from ..layers import ConvStem, PatchEmbed
 from ..layers.padding import MaxPool2dSame
 from ..layers.std_conv import StdConv2dSame
 from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_alias, register_family
@@ -47,6 +47,8 @@ __all__ = [
     "vit_base_r50_s16_224",
     "vit_base_r50_s16_384",
     "vit_base_resnet50_384",
+    "vit_small_cs_48",
+    "vit_tiny_cs_48",
 ]
 
 _STD_CONV_EPS = 1e-8  # timm's _resnetv2: partial(StdConv2dSame, eps=1e-8)
@@ -58,8 +60,24 @@ class HybridViTConfig(ViTConfig):
     backbone's stride-16 feature map (1 for the R50 hybrids)."""
 
     patch_size: int = 1
+    backbone: str = "resnetv2"  # "resnetv2" (the R50 hybrids) | "convstem" (a convolutional stem)
     backbone_layers: tuple[int, ...] = (3, 4, 9)
     channels_last: bool = True  # run the backbone in channels-last memory format (see the module docstring)
+    # backbone "convstem": the stem's convolutions (the last one a plain conv: the token projection
+    # when embed_proj is False, so its width is embed_dim)
+    stem_channels: tuple[int, ...] = (32, 64, 128, 192)
+    stem_kernel_size: tuple[int, ...] = (3, 3, 3, 1)
+    stem_stride: tuple[int, ...] = (2, 2, 2, 1)
+    embed_proj: bool = True  # a patch_size convolution from the backbone's features to the tokens
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("resnetv2", "convstem"):
+            raise ValueError(f"backbone must be 'resnetv2' or 'convstem', got {self.backbone!r}")
+        if not self.embed_proj and self.backbone == "convstem" and self.stem_channels[-1] != self.embed_dim:
+            raise ValueError(
+                f"without embed_proj the stem's last width is the token width: stem_channels[-1] "
+                f"{self.stem_channels[-1]} != embed_dim {self.embed_dim}"
+            )
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -191,14 +209,24 @@ class HybridEmbed(PatchEmbed):
     """
 
     def __init__(
-        self, backbone: ResNetV2Backbone, img_size: int | tuple[int, int], patch_size: int, embed_dim: int
+        self, backbone: nn.Module, img_size: int | tuple[int, int], patch_size: int, embed_dim: int, proj: bool = True
     ) -> None:
         self.feature_ratio = backbone.reduction  # a plain int, needed by the size check in __init__
+        self._feature_size = getattr(backbone, "feature_size", None)
         super().__init__(img_size, patch_size, backbone.num_features, embed_dim)
         self.backbone = backbone
+        if not proj:  # the backbone's last layer makes the tokens (timm's HybridEmbed(proj=False))
+            if patch_size != 1 or backbone.num_features != embed_dim:
+                raise ValueError(
+                    f"a hybrid embedding without projection needs patch_size 1 and a backbone of embed_dim "
+                    f"({embed_dim}) features, got patch_size {patch_size} and {backbone.num_features}"
+                )
+            self.proj = nn.Identity()
 
     def feature_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of the backbone's output for an (H, W) image: each SAME stride-2 step gives ceil(n / 2)."""
+        if self._feature_size is not None:
+            return self._feature_size(img_size)
         return math.ceil(img_size[0] / self.feature_ratio), math.ceil(img_size[1] / self.feature_ratio)
 
     def _check_divisible(self, img_size: tuple[int, int]) -> None:
@@ -227,8 +255,11 @@ class HybridVisionTransformer(VisionTransformer):
     """
 
     def __init__(self, cfg: HybridViTConfig, name: str = "") -> None:
-        backbone = ResNetV2Backbone(cfg.backbone_layers, cfg.in_chans, channels_last=cfg.channels_last)
-        embed = HybridEmbed(backbone, cfg.img_size, cfg.patch_size, cfg.embed_dim)
+        if cfg.backbone == "convstem":
+            backbone: nn.Module = ConvStem(cfg.in_chans, cfg.stem_channels, cfg.stem_kernel_size, cfg.stem_stride)
+        else:
+            backbone = ResNetV2Backbone(cfg.backbone_layers, cfg.in_chans, channels_last=cfg.channels_last)
+        embed = HybridEmbed(backbone, cfg.img_size, cfg.patch_size, cfg.embed_dim, proj=cfg.embed_proj)
         # VisionTransformer sizes cls/pos embeddings from its own patch embedding: build it on a
         # stand-in "image" the size of the token grid with 1x1 patches (a 3 -> D 1x1 conv), then
         # put the hybrid embedding in its place.
@@ -241,6 +272,19 @@ HYBRID_VARIANTS: dict[str, dict[str, Any]] = {
     # timm builds the 224 model without a head: its only checkpoint (in21k) has none.
     "vit_base_r50_s16_224": dict(img_size=224, embed_dim=768, depth=12, num_heads=12, num_classes=0),
     "vit_base_r50_s16_384": dict(img_size=384, embed_dim=768, depth=12, num_heads=12),
+    # ViTs with a convolutional stem (Xiao et al. 2021) for small face crops trained from scratch:
+    # three stride-2 steps of two 3x3 conv + BN + ReLU, a 1x1 conv to the tokens, 6x6 = 36 tokens
+    # at 48 px.
+    "vit_tiny_cs_48": dict(
+        img_size=48, embed_dim=192, depth=4, num_heads=3, backbone="convstem",
+        stem_channels=(32, 32, 64, 64, 128, 128, 192), stem_kernel_size=(3, 3, 3, 3, 3, 3, 1),
+        stem_stride=(2, 1, 2, 1, 2, 1, 1), embed_proj=False, num_classes=7,
+    ),
+    "vit_small_cs_48": dict(
+        img_size=48, embed_dim=384, depth=6, num_heads=6, backbone="convstem",
+        stem_channels=(48, 48, 96, 96, 192, 192, 384), stem_kernel_size=(3, 3, 3, 3, 3, 3, 1),
+        stem_stride=(2, 1, 2, 1, 2, 1, 1), embed_proj=False, num_classes=7,
+    ),
 }
 
 def _cfg(hf_hub_id: str, **kwargs: Any) -> PretrainedCfg:
@@ -258,6 +302,17 @@ _PRETRAINED = {
     "vit_base_r50_s16_384": _cfg(
         "timm/vit_base_r50_s16_384.orig_in21k_ft_in1k", input_size=(3, 384, 384), crop_pct=1.0
     ),
+    # no pretrained weights: built for training from scratch (the ``scratch`` recipe)
+    "vit_tiny_cs_48": PretrainedCfg(
+        hf_hub_id=None, input_size=(3, 48, 48), crop_pct=1.0, interpolation="bilinear", mean=INCEPTION_MEAN,
+        std=INCEPTION_STD, num_classes=7, fixed_input_size=True, first_conv="patch_embed.backbone.0.conv",
+        classifier="head", license="apache-2.0",
+    ),
+    "vit_small_cs_48": PretrainedCfg(
+        hf_hub_id=None, input_size=(3, 48, 48), crop_pct=1.0, interpolation="bilinear", mean=INCEPTION_MEAN,
+        std=INCEPTION_STD, num_classes=7, fixed_input_size=True, first_conv="patch_embed.backbone.0.conv",
+        classifier="head", license="apache-2.0",
+    ),
 }
 
 
@@ -273,6 +328,18 @@ def vit_base_r50_s16_224(pretrained: bool | str = False, **overrides: Any) -> Hy
 def vit_base_r50_s16_384(pretrained: bool | str = False, **overrides: Any) -> HybridVisionTransformer:
     """R50+ViT-B/16 at 384 (ResNetV2 3/4/9 stages + ViT-B), 99M parameters, ImageNet-1k head."""
     return create_model("vit_base_r50_s16_384", pretrained=pretrained, **overrides)
+
+
+def vit_tiny_cs_48(pretrained: bool | str = False, **overrides: Any) -> HybridVisionTransformer:
+    """ViT-Ti width (192, 3 heads, 4 blocks) on a convolutional stem, 48 px, 36 tokens, 2.1M
+    parameters; no pretrained weights (the ``scratch`` recipe's transformer)."""
+    return create_model("vit_tiny_cs_48", pretrained=pretrained, **overrides)
+
+
+def vit_small_cs_48(pretrained: bool | str = False, **overrides: Any) -> HybridVisionTransformer:
+    """ViT-S width (384, 6 heads, 6 blocks) on a convolutional stem, 48 px, 36 tokens, 11.4M
+    parameters; no pretrained weights."""
+    return create_model("vit_small_cs_48", pretrained=pretrained, **overrides)
 
 
 def vit_base_resnet50_384(pretrained: bool | str = False, **overrides: Any) -> HybridVisionTransformer:
