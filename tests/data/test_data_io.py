@@ -171,3 +171,51 @@ def test_pillow_warnings_name_the_file_and_can_be_made_errors(tmp_path: Path, mo
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with pytest.raises(ImageDecodeError, match="largish.png"):
             load_image(path)
+
+
+def test_small_file_declaring_a_huge_image_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the reliability fuzzer: a JPEG whose header was patched to 12000 x 12000 (inside
+    Pillow's warning zone, 1-2 x MAX_IMAGE_PIXELS) over 2 KB of data took over 1 GB to load
+    (Pillow stores RGB in 4 bytes a pixel, and the EXIF rotation copied it)."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    make_image("RGB", (40, 24)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    i = data.find(b"\xff\xc0")
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(data[:i + 5] + struct.pack(">HH", 12000, 12000) + data[i + 9:])
+    with pytest.raises(ImageDecodeError, match="bomb.jpg") as info:
+        load_image(path)
+    assert "12000x12000" in info.value.reason and "MAX_DECODED_BYTES" in info.value.reason
+    # the limit counts Pillow's bytes a pixel (4 for RGB, 1 for L) and can be raised or removed
+    rgb, grey = save(make_image("RGB", (40, 40)), tmp_path / "rgb.png"), save(make_image("L", (40, 40)), tmp_path / "l.png")
+    monkeypatch.setattr(vitfer.data.io, "MAX_DECODED_BYTES", 40 * 40 * 2)
+    assert load_image(grey).size == (40, 40)
+    with pytest.raises(ImageDecodeError, match="rgb.png"):
+        load_image(rgb)
+    monkeypatch.setattr(vitfer.data.io, "MAX_DECODED_BYTES", None)
+    assert load_image(rgb).size == (40, 40)
+
+
+def test_high_bit_depth_conversion_memory_is_bounded(tmp_path: Path) -> None:
+    """Found by the reliability fuzzer: a 16-bit TIFF whose header height was flipped to 1 M rows
+    (48 x 1048624, 50 M pixels) took 11 s and 1.3 GB to load, in float64 temporaries of the whole
+    image and a copy made by exif_transpose of an upright image. Scaling now goes a block of rows
+    at a time, with the same result."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 65536, size=(2000, 1000), dtype=np.uint16)
+    path = tmp_path / "tall16.tif"
+    Image.fromarray(arr).save(path)
+    tracemalloc.start()
+    try:
+        im = load_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    want = np.clip(np.rint(arr.astype(np.float64) * (255.0 / 65535)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(im), want)
+    assert peak < 30e6, f"{peak / 1e6:.0f} MB of temporaries for a 2 M pixel image (52 MB before the fix)"

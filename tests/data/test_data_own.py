@@ -439,3 +439,17 @@ def test_label_file_with_explicit_classes(tmp_path: Path) -> None:
         load_dataset("labels", tmp_path / "l.csv", subject_pattern=r"^S(\d+)", image_size=8)
     ds = load_dataset("labels", tmp_path / "l.csv", subject_pattern=r"^(p\d)_", image_size=8)
     assert ds.subjects == [f"p{j % 3}" for j in range(6)]
+
+
+def test_fit_image_crop_box_never_leaves_the_image() -> None:
+    """Found by the reliability fuzzer: cropping a 49-pixel-wide image to 32 computed a box a hair
+    outside it (32 / (32 / 49) > 49 in floating point), and Pillow raised ``ValueError: box offset
+    can't be negative`` out of load_dataset."""
+    from PIL import Image
+
+    from vitfer.data.datasets import fit_image
+
+    for iw in range(1, 300):
+        for ih in (1, 7, 100, 1000):
+            for size in ((32, 32), (48, 48), (40, 56)):
+                assert fit_image(Image.new("L", (iw, ih)), size).size == (size[1], size[0]), (iw, ih, size)

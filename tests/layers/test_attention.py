@@ -217,3 +217,22 @@ def test_mixed_dtypes_and_cpu_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         scaled_dot_product_attention(qg, k, v, impl="manual").float().sum().backward()
     assert qg.grad.dtype == torch.float32 and torch.isfinite(qg.grad).all()
+
+
+def test_workspace_made_in_inference_mode_is_not_reused_outside_it():
+    """Found by the reliability suite: ``vitfer predict`` (torch.inference_mode) then evaluation or
+    training in the same process failed with 'Inplace update to inference tensor outside
+    InferenceMode', the per-thread attention workspace having been made in inference mode."""
+    from vitfer.layers.attention import clear_scratch
+    from vitfer.models import create_model
+
+    clear_scratch()
+    model = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        a = model(x)
+    with torch.no_grad():
+        b = model(x)
+    c = model(x)  # with autograd too
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(b, c.detach())

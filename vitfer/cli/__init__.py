@@ -33,8 +33,18 @@ def _adders() -> list[Callable[[argparse._SubParsersAction], None]]:
     return [getattr(importlib.import_module(f"vitfer.cli.{c}"), f"_add_{c}") for c in _COMMANDS]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (``vitfer CMD: error: ...`` and a
+    pointer to ``--help``), exit status 2, like every other error of the command line; argparse's
+    own multi-line usage block is left to ``--help``. Sub-command parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        one_line = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {one_line} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitfer", description="Vision Transformers for facial expression recognition")
+    parser = _Parser(prog="vitfer", description="Vision Transformers for facial expression recognition")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

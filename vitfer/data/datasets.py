@@ -539,8 +539,9 @@ def fit_image(im: Image.Image, size: tuple[int, int], *, fit: str = "crop", inte
     iw, ih = im.size
     scale = max(w / iw, h / ih)
     bw, bh = w / scale, h / scale  # the source region that maps onto (w, h)
-    left, top = (iw - bw) / 2.0, (ih - bh) / 2.0
-    return im.resize((w, h), resample, box=(left, top, left + bw, top + bh))
+    # clamped: w / (w / iw) can come out a hair over iw (49 -> 32 wide), which Pillow refuses
+    left, top = max(0.0, (iw - bw) / 2.0), max(0.0, (ih - bh) / 2.0)
+    return im.resize((w, h), resample, box=(left, top, min(float(iw), left + bw), min(float(ih), top + bh)))
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:

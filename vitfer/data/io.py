@@ -33,6 +33,12 @@ Multi-frame files (GIF, TIFF) give their first frame. Pillow's decompression-bom
 error like any other undecodable file; one between the limit and twice it decodes with Pillow's
 ``DecompressionBombWarning``, re-issued with the file's path (as are Pillow's other warnings), so
 ``warnings.simplefilter("error", Image.DecompressionBombWarning)`` makes it an error too.
+vitfer adds a limit on memory: an image whose header declares more than :data:`MAX_DECODED_BYTES`
+(256 MiB) of decoded pixels, as Pillow stores them (1 byte a pixel for ``1``/``L``/``P``, 4 for
+every other mode, ``RGB`` included; ``I;16`` counts 4 too, for its conversion), is an error before anything is decoded, so a
+small file that declares a huge image (e.g. a 12000 x 12000 JPEG header over a few bytes of data,
+inside Pillow's warning zone) cannot take a gigabyte. Raise the limit (or set it to ``None``) to
+read larger images.
 
 Any failure raises :class:`ImageDecodeError`, which names the file and the reason.
 """
@@ -48,6 +54,7 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_DECODED_BYTES",
     "DatasetError",
     "ImageDecodeError",
     "is_image_file",
@@ -59,6 +66,12 @@ __all__ = [
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 )
+
+
+#: The most decoded pixel memory (bytes, as Pillow stores the file's mode) that :func:`load_image`
+#: accepts from one file's header; ``None``: no limit beyond Pillow's ``MAX_IMAGE_PIXELS``.
+#: 256 MiB reads an 8000 x 8000 colour photo, far larger than any face needs.
+MAX_DECODED_BYTES: int | None = 256 * 2**20
 
 
 class DatasetError(ValueError):
@@ -86,11 +99,26 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def _scale_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Linearly map ``[lo, hi]`` to ``[0, 255]`` with rounding; ``arr``: (H, W) any numeric dtype."""
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    """Linearly map ``[lo, hi]`` to ``[0, 255]`` with rounding; ``arr``: (H, W) any numeric dtype.
+
+    Computed a block of rows at a time, so the float64 temporaries stay a few MB whatever the
+    image (a 16-bit image of 50 M pixels would otherwise need 0.8 GB of them)."""
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    if hi <= lo or arr.size == 0:
+        return out
+    scale = 255.0 / (hi - lo)
+    rows = max(1, _SCALE_BLOCK // max(1, arr.size // max(1, arr.shape[0])))
+    for r in range(0, arr.shape[0], rows):
+        block = arr[r:r + rows].astype(np.float64)
+        block -= lo
+        block *= scale
+        np.rint(block, out=block)
+        out[r:r + rows] = np.clip(block, 0, 255, out=block)
+    return out
+
+
+# Elements a block of _scale_to_uint8 converts at once (float64: 8 MB).
+_SCALE_BLOCK = 1 << 20
 
 
 def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
@@ -99,12 +127,11 @@ def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
     arr = np.asarray(im)
     if mode.startswith("I;16"):
         if arr.dtype.kind == "i":  # signed 16-bit (I;16S): shift into the unsigned range
-            arr = arr.astype(np.int32) + 32768
+            return Image.fromarray(_scale_to_uint8(arr, -32768, 32767), mode="L")
         return Image.fromarray(_scale_to_uint8(arr, 0, 65535), mode="L")
     if arr.size == 0:
         return Image.fromarray(arr.astype(np.uint8), mode="L")
     if mode == "F":
-        arr = arr.astype(np.float64)
         if not np.isfinite(arr).all():
             raise ValueError("float image holds NaN or infinite values")
         lo, hi = float(arr.min()), float(arr.max())
@@ -168,6 +195,21 @@ def _to_l_or_rgb(im: Image.Image, background: int) -> Image.Image:
     return im.convert("RGB")
 
 
+def _check_decoded_size(im: Image.Image) -> None:
+    """Raise ValueError when ``im``'s header declares more than :data:`MAX_DECODED_BYTES`."""
+    if MAX_DECODED_BYTES is None:
+        return
+    w, h = im.size
+    per_pixel = 1 if im.mode in ("1", "L", "P") else 4
+    need = w * h * per_pixel
+    if need > MAX_DECODED_BYTES:
+        raise ValueError(
+            f"the header declares {w}x{h} {im.mode} pixels, {need / 2**20:.0f} MiB decoded, over the "
+            f"{MAX_DECODED_BYTES / 2**20:.0f} MiB limit (vitfer.data.io.MAX_DECODED_BYTES): a decompression bomb, or "
+            f"an image far larger than a face needs (resize it, or raise the limit)"
+        )
+
+
 def load_image(path: str | os.PathLike, *, background: int = 0) -> Image.Image:
     """Open, fully decode and normalise the mode of one image file.
 
@@ -183,8 +225,8 @@ def load_image(path: str | os.PathLike, *, background: int = 0) -> Image.Image:
 
     Raises:
         ImageDecodeError: the file is missing, not an image, truncated, corrupt, over Pillow's
-            decompression-bomb limit, or of a mode that cannot be converted. The message names
-            the file.
+            decompression-bomb limit or :data:`MAX_DECODED_BYTES`, or of a mode that cannot be
+            converted. The message names the file.
     """
     path = Path(path)
     if not 0 <= int(background) <= 255:
@@ -195,8 +237,10 @@ def load_image(path: str | os.PathLike, *, background: int = 0) -> Image.Image:
         warnings.simplefilter("always")
         try:
             with Image.open(path) as raw:
+                _check_decoded_size(raw)
                 raw.load()
-                im = ImageOps.exif_transpose(raw)
+                # exif_transpose copies even an upright image: only rotated ones are transposed
+                im = ImageOps.exif_transpose(raw) if raw.getexif().get(0x0112, 1) != 1 else raw
                 out = _to_l_or_rgb(im, int(background))
                 # detach the result from the file: closing it invalidates the opened image
                 out = out.copy() if out is raw else out

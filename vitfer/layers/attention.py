@@ -90,9 +90,12 @@ def _scratch_buffers(like: Tensor, *shapes: tuple[int, ...]) -> list[Tensor]:
     cache = getattr(_scratch, "buffers", None)
     if cache is None:
         cache = _scratch.buffers = {}
-    ws = cache.get(like.dtype)
+    # One workspace per inference mode: one made under torch.inference_mode is an inference
+    # tensor, which may not be written outside it (predict, then evaluate, in one process).
+    key = (like.dtype, torch.is_inference_mode_enabled())
+    ws = cache.get(key)
     if ws is None or ws.numel() < total:
-        ws = cache[like.dtype] = like.new_empty(total)
+        ws = cache[key] = like.new_empty(total)
     views, start = [], 0
     for sh, n in zip(shapes, sizes):
         views.append(ws[start : start + n].view(sh))

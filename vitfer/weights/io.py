@@ -18,7 +18,15 @@ bytes look like (HTML error page, git-lfs pointer, empty file ...).
 
 Writes go to a temporary file in the target's folder, are flushed and fsync'ed, then moved into
 place with ``os.replace``: a reader never sees a half-written file, and an error (or a kill)
-mid-write leaves any previous file untouched.
+mid-write leaves any previous file untouched; a failed write (disk full ...) raises an ``OSError``
+that names the file and says that the previous one is intact.
+
+Every safetensors file vitfer writes (:func:`atomic_save_safetensors`: checkpoints, training
+state, the converted cache) records a checksum in its metadata (:data:`CHECKSUM_KEY`, the SHA-256
+of every tensor's name, dtype, shape and bytes and of the other metadata entries), and reading
+such a file verifies it: a flipped bit in the tensor data or in the metadata is a
+:class:`CheckpointError`, never silently wrong weights. Files without the entry (written by other
+tools, or by vitfer before it recorded checksums) are read as before.
 """
 from __future__ import annotations
 
@@ -44,6 +52,7 @@ from .errors import CheckpointError
 
 __all__ = [
     "CHECKPOINT_FORMATS",
+    "CHECKSUM_KEY",
     "TORCH_SUFFIXES",
     "atomic_save_safetensors",
     "atomic_write",
@@ -51,6 +60,7 @@ __all__ = [
     "describe_content",
     "read_checkpoint",
     "read_safetensors_metadata",
+    "safetensors_checksum",
     "sha256_file",
     "sniff_format",
     "unwrap_state_dict",
@@ -66,6 +76,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80  # the PROTO opcode that starts every pickle of protocol >= 2 (legacy torch.save)
 # A safetensors header larger than this is not a header (safetensors itself refuses > 100 MB).
 _MAX_ST_HEADER = 100_000_000
+#: The safetensors metadata entry holding :func:`safetensors_checksum` of the rest of the file.
+CHECKSUM_KEY = "vitfer_sha256"
 # Containers that training scripts wrap a state dict in, most specific first.
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "module", "net")
 
@@ -194,6 +206,23 @@ def read_safetensors_metadata(path: PathLike) -> dict[str, str]:
         ) from e
 
 
+def safetensors_checksum(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
+    """``"sha256:<hex>"`` of ``tensors`` (name, dtype, shape and bytes of each, by name) and of
+    the ``metadata`` entries other than :data:`CHECKSUM_KEY` (what :func:`atomic_save_safetensors`
+    records and reading a safetensors file verifies)."""
+    h = hashlib.sha256()
+    for k in sorted(metadata):
+        if k != CHECKSUM_KEY:
+            h.update(f"m\0{k}\0{metadata[k]}\0".encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        h.update(f"t\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return "sha256:" + h.hexdigest()
+
+
 def _read_safetensors(path: Path, device: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     meta = read_safetensors_metadata(path)
     try:
@@ -203,6 +232,15 @@ def _read_safetensors(path: Path, device: str) -> tuple[dict[str, Tensor], dict[
             f"cannot read the safetensors file {_describe(path)}: {e}. The file is truncated or "
             f"corrupt; delete it and download / convert it again"
         ) from e
+    recorded = meta.get(CHECKSUM_KEY)
+    if recorded is not None:
+        actual = safetensors_checksum(tensors, meta)
+        if actual != recorded:
+            raise CheckpointError(
+                f"the safetensors file {_describe(path)} is corrupt: its tensors or metadata do not match the "
+                f"checksum recorded when it was written ({recorded[:23]}..., now {actual[:23]}...); delete it and "
+                f"write / download / convert it again"
+            )
     return tensors, meta
 
 
@@ -357,11 +395,14 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # disk full, quota, permissions ...: say what is left
+            kept = f"the previous {path} is left intact" if path.exists() else f"no {path.name} was written"
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}; {kept}") from e
         raise
     try:  # make the rename itself durable (best effort; not supported everywhere)
         dfd = os.open(str(path.parent), os.O_RDONLY)
@@ -382,11 +423,13 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 def atomic_save_safetensors(
     tensors: Mapping[str, Tensor], path: PathLike, metadata: Optional[Mapping[str, str]] = None
 ) -> Path:
-    """Write ``tensors`` to ``path`` as safetensors, atomically (:func:`atomic_write`).
+    """Write ``tensors`` to ``path`` as safetensors, atomically (:func:`atomic_write`), with
+    their checksum in the metadata (:data:`CHECKSUM_KEY`; verified when the file is read).
 
     On any error the temporary file is removed and a previous file at ``path`` is left untouched.
     """
     prepared = _prepare_for_safetensors(tensors)
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items() if str(k) != CHECKSUM_KEY}
+    meta[CHECKSUM_KEY] = safetensors_checksum(prepared, meta)
     # save_file is looked up at call time so that tests can make it fail mid-write.
     return atomic_write(path, lambda tmp: safetensors.torch.save_file(prepared, tmp, metadata=meta))
