@@ -44,8 +44,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         inp = "x".join(str(s) for s in r["input_size"])
         alias = f"  (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
-        print(f"{r['name']:<{w}}  {r['family']:<10}  {r['params'] / 1e6:>10.2f}  {inp:<11}  "
-              f"hf-hub:{r['pretrained'] or '-'}{alias}")
+        source = f"hf-hub:{r['pretrained']}" if r["pretrained"] else "none (trained from scratch)"
+        print(f"{r['name']:<{w}}  {r['family']:<10}  {r['params'] / 1e6:>10.2f}  {inp:<11}  {source}{alias}")
     return 0
 
 

@@ -37,6 +37,7 @@ from .vit_hybrid import (
     vit_base_resnet50_384,
     vit_small_cs_48,
     vit_tiny_cs_48,
+    vit_tiny_r18d_48,
 )
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "vit_base_r50_s16_384",
     "vit_small_cs_48",
     "vit_tiny_cs_48",
+    "vit_tiny_r18d_48",
     "vit_base_resnet50_384",
     "vit_small_patch16_224",
     "vit_tiny_patch16_224",

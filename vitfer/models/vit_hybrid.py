@@ -41,6 +41,7 @@ __all__ = [
     "HybridEmbed",
     "HybridViTConfig",
     "HybridVisionTransformer",
+    "ResNetDStages",
     "ResNetV2Backbone",
     "ResNetV2Bottleneck",
     "checkpoint_filter_fn",
@@ -49,6 +50,7 @@ __all__ = [
     "vit_base_resnet50_384",
     "vit_small_cs_48",
     "vit_tiny_cs_48",
+    "vit_tiny_r18d_48",
 ]
 
 _STD_CONV_EPS = 1e-8  # timm's _resnetv2: partial(StdConv2dSame, eps=1e-8)
@@ -60,7 +62,7 @@ class HybridViTConfig(ViTConfig):
     backbone's stride-16 feature map (1 for the R50 hybrids)."""
 
     patch_size: int = 1
-    backbone: str = "resnetv2"  # "resnetv2" (the R50 hybrids) | "convstem" (a convolutional stem)
+    backbone: str = "resnetv2"  # "resnetv2" (the R50 hybrids) | "resnetd" (ResNet-D stages) | "convstem"
     backbone_layers: tuple[int, ...] = (3, 4, 9)
     channels_last: bool = True  # run the backbone in channels-last memory format (see the module docstring)
     # backbone "convstem": the stem's convolutions (the last one a plain conv: the token projection
@@ -69,10 +71,15 @@ class HybridViTConfig(ViTConfig):
     stem_kernel_size: tuple[int, ...] = (3, 3, 3, 1)
     stem_stride: tuple[int, ...] = (2, 2, 2, 1)
     embed_proj: bool = True  # a patch_size convolution from the backbone's features to the tokens
+    # backbone "resnetd": the deep stem and the first len(resnet_layers) stages of a ResNet-D
+    resnet_block: str = "basic"  # "basic" | "bottleneck"
+    resnet_layers: tuple[int, ...] = (2, 2)  # blocks per stage used (resnet18d: 2, 2, 2, 2)
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("resnetv2", "convstem"):
-            raise ValueError(f"backbone must be 'resnetv2' or 'convstem', got {self.backbone!r}")
+        if self.backbone not in ("resnetv2", "resnetd", "convstem"):
+            raise ValueError(f"backbone must be 'resnetv2', 'resnetd' or 'convstem', got {self.backbone!r}")
+        if self.backbone == "resnetd" and not 1 <= len(self.resnet_layers) <= 4:
+            raise ValueError(f"resnet_layers must give 1 to 4 stages, got {self.resnet_layers}")
         if not self.embed_proj and self.backbone == "convstem" and self.stem_channels[-1] != self.embed_dim:
             raise ValueError(
                 f"without embed_proj the stem's last width is the token width: stem_channels[-1] "
@@ -199,6 +206,38 @@ class ResNetV2Backbone(nn.Module):
         return self.stages(self.stem(x))
 
 
+class ResNetDStages(nn.Module):
+    """The deep stem and the first stages of a ResNet-D (vitfer's :class:`~vitfer.models.resnet.ResNet`),
+    with its parameter names (``conv1.*``, ``bn1.*``, ``layer1.*`` ...): timm's
+    ``create_model("resnet18d", features_only=True, out_indices=(len(layers),))``.
+
+    x: (B, C, H, W) -> (B, num_features, ceil(H / r), ceil(W / r)), r = ``reduction`` = 4 * 2^(stages - 1).
+    """
+
+    def __init__(self, block: str, layers: tuple[int, ...], in_chans: int, channels_last: bool = True) -> None:
+        super().__init__()
+        from .resnet import ResNet, ResNetConfig
+
+        full = ResNet(ResNetConfig(block=block, layers=tuple(layers) + (0,) * (4 - len(layers)), in_chans=in_chans,
+                                   num_classes=0))
+        self.conv1, self.bn1, self.maxpool = full.conv1, full.bn1, full.maxpool
+        for i in range(len(layers)):
+            self.add_module(f"layer{i + 1}", getattr(full, f"layer{i + 1}"))
+        self.num_stages = len(layers)
+        expansion = 4 if block == "bottleneck" else 1
+        self.num_features = (64, 128, 256, 512)[len(layers) - 1] * expansion
+        self.reduction = 4 * 2 ** (len(layers) - 1)
+        self.channels_last = channels_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(F.relu_(self.bn1(self.conv1(x))))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x
+
+
 class HybridEmbed(PatchEmbed):
     """CNN feature map -> tokens: ``backbone``, then a ``patch_size`` convolution to ``embed_dim``
     (``proj``, a :class:`PatchEmbed` over the feature map).
@@ -257,6 +296,8 @@ class HybridVisionTransformer(VisionTransformer):
     def __init__(self, cfg: HybridViTConfig, name: str = "") -> None:
         if cfg.backbone == "convstem":
             backbone: nn.Module = ConvStem(cfg.in_chans, cfg.stem_channels, cfg.stem_kernel_size, cfg.stem_stride)
+        elif cfg.backbone == "resnetd":
+            backbone = ResNetDStages(cfg.resnet_block, cfg.resnet_layers, cfg.in_chans, cfg.channels_last)
         else:
             backbone = ResNetV2Backbone(cfg.backbone_layers, cfg.in_chans, channels_last=cfg.channels_last)
         embed = HybridEmbed(backbone, cfg.img_size, cfg.patch_size, cfg.embed_dim, proj=cfg.embed_proj)
@@ -279,6 +320,13 @@ HYBRID_VARIANTS: dict[str, dict[str, Any]] = {
         img_size=48, embed_dim=192, depth=4, num_heads=3, backbone="convstem",
         stem_channels=(32, 32, 64, 64, 128, 128, 192), stem_kernel_size=(3, 3, 3, 3, 3, 3, 1),
         stem_stride=(2, 1, 2, 1, 2, 1, 1), embed_proj=False, num_classes=7,
+    ),
+    # ViT-Ti blocks on the deep stem and first two stages of a ResNet-18-D (stride 8): 6x6 = 36
+    # tokens at 48 px. The scratch recipe's transformer: it learns the synthetic faces and CK+48 from
+    # scratch about as fast as resnet18d does (see README).
+    "vit_tiny_r18d_48": dict(
+        img_size=48, embed_dim=192, depth=4, num_heads=3, backbone="resnetd", resnet_block="basic",
+        resnet_layers=(2, 2), num_classes=7,
     ),
     "vit_small_cs_48": dict(
         img_size=48, embed_dim=384, depth=6, num_heads=6, backbone="convstem",
@@ -308,6 +356,11 @@ _PRETRAINED = {
         std=INCEPTION_STD, num_classes=7, fixed_input_size=True, first_conv="patch_embed.backbone.0.conv",
         classifier="head", license="apache-2.0",
     ),
+    "vit_tiny_r18d_48": PretrainedCfg(
+        hf_hub_id=None, input_size=(3, 48, 48), crop_pct=1.0, interpolation="bilinear", mean=INCEPTION_MEAN,
+        std=INCEPTION_STD, num_classes=7, fixed_input_size=True, first_conv="patch_embed.backbone.conv1.0",
+        classifier="head", license="apache-2.0",
+    ),
     "vit_small_cs_48": PretrainedCfg(
         hf_hub_id=None, input_size=(3, 48, 48), crop_pct=1.0, interpolation="bilinear", mean=INCEPTION_MEAN,
         std=INCEPTION_STD, num_classes=7, fixed_input_size=True, first_conv="patch_embed.backbone.0.conv",
@@ -334,6 +387,12 @@ def vit_tiny_cs_48(pretrained: bool | str = False, **overrides: Any) -> HybridVi
     """ViT-Ti width (192, 3 heads, 4 blocks) on a convolutional stem, 48 px, 36 tokens, 2.1M
     parameters; no pretrained weights (the ``scratch`` recipe's transformer)."""
     return create_model("vit_tiny_cs_48", pretrained=pretrained, **overrides)
+
+
+def vit_tiny_r18d_48(pretrained: bool | str = False, **overrides: Any) -> HybridVisionTransformer:
+    """ViT-Ti width (192, 3 heads, 4 blocks) on ResNet-18-D's stem and first two stages (stride 8),
+    48 px, 36 tokens, 2.5M parameters; no pretrained weights (the ``scratch`` recipe's model)."""
+    return create_model("vit_tiny_r18d_48", pretrained=pretrained, **overrides)
 
 
 def vit_small_cs_48(pretrained: bool | str = False, **overrides: Any) -> HybridVisionTransformer:

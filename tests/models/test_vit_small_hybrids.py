@@ -1,10 +1,12 @@
-"""The ViT with a convolutional stem (vit_hybrid family, backbone "convstem") against timm's
-VisionTransformer + HybridEmbed(ConvStem), identical weights, fp32."""
+"""The small from-scratch hybrids against timm, identical weights, fp32: the ViTs on a
+convolutional stem (backbone "convstem": timm's VisionTransformer + HybridEmbed(ConvStem)) and on
+ResNet-18-D's first stages (backbone "resnetd": HybridEmbed(resnet18d features_only))."""
 from __future__ import annotations
 
 from functools import partial
 
 import pytest
+import timm
 import torch
 from parity import (
     NUM_CLASSES,
@@ -20,12 +22,16 @@ from timm.models.vision_transformer_hybrid import ConvStem as TimmConvStem
 
 from vitfer.layers import ConvStem
 from vitfer.models import create_model, get_model_spec
-from vitfer.models.vit_hybrid import HybridViTConfig
+from vitfer.models.vit_hybrid import HybridViTConfig, ResNetDStages
 
 
 def _timm_twin(model, cfg: HybridViTConfig) -> TimmVisionTransformer:
-    stem = TimmConvStem(in_chans=cfg.in_chans, depth=len(cfg.stem_channels), channels=cfg.stem_channels,
-                        kernel_size=cfg.stem_kernel_size, stride=cfg.stem_stride)
+    if cfg.backbone == "resnetd":
+        stem = timm.create_model("resnet18d", features_only=True, out_indices=(len(cfg.resnet_layers),),
+                                 in_chans=cfg.in_chans)
+    else:
+        stem = TimmConvStem(in_chans=cfg.in_chans, depth=len(cfg.stem_channels), channels=cfg.stem_channels,
+                            kernel_size=cfg.stem_kernel_size, stride=cfg.stem_stride)
     return TimmVisionTransformer(
         img_size=cfg.img_size, patch_size=1, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
         embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
@@ -33,27 +39,43 @@ def _timm_twin(model, cfg: HybridViTConfig) -> TimmVisionTransformer:
     )
 
 
-@pytest.fixture(scope="module", params=["vit_tiny_cs_48", "vit_small_cs_48"])
+@pytest.fixture(scope="module", params=["vit_tiny_cs_48", "vit_small_cs_48", "vit_tiny_r18d_48"])
 def pair(request):
-    ours = create_model(request.param, num_classes=NUM_CLASSES, in_chans=3)
+    # NCHW backbones, the arithmetic timm runs (channels-last sums in another order; see test_vit_hybrid)
+    ours = create_model(request.param, num_classes=NUM_CLASSES, in_chans=3, channels_last=False)
     ref = randomize_(_timm_twin(ours, ours.cfg), 0).eval()
     copy_weights(ref, ours)
     return ours.eval(), ref
 
 
-def test_registered_and_sized_for_small_faces():
-    spec = get_model_spec("vit_tiny_cs_48")
+@pytest.mark.parametrize("name, backbone", [("vit_tiny_cs_48", ConvStem), ("vit_tiny_r18d_48", ResNetDStages)])
+def test_registered_and_sized_for_small_faces(name, backbone):
+    spec = get_model_spec(name)
     assert spec.family == "vit_hybrid"
-    m = create_model("vit_tiny_cs_48", num_classes=NUM_CLASSES)
+    m = create_model(name, num_classes=NUM_CLASSES)
     assert m.patch_embed.grid_size == (6, 6) and m.pos_embed.shape[1] == 37
-    assert isinstance(m.patch_embed.backbone, ConvStem)
+    assert isinstance(m.patch_embed.backbone, backbone)
     assert m.pretrained_cfg["input_size"] == (3, 48, 48) and spec.pretrained_cfg.hf_hub_id is None
+    assert m(torch.zeros(2, 3, 48, 48)).shape == (2, NUM_CLASSES)
+
+
+def test_channels_last_backbone_is_close_to_timm():
+    ours = create_model("vit_tiny_r18d_48", num_classes=NUM_CLASSES).eval()
+    ref = randomize_(_timm_twin(ours, ours.cfg), 0).eval()
+    copy_weights(ref, ours)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert_logits_close(ours(x), ref(x))
 
 
 def test_state_dict_layout_matches_timm(pair):
     assert_same_state_dict_layout(*pair, ordered=False)
-    assert "patch_embed.backbone.0.conv.weight" in pair[0].state_dict()
-    assert "patch_embed.backbone.0.bn.running_mean" in pair[0].state_dict()
+    sd = pair[0].state_dict()
+    if pair[0].cfg.backbone == "convstem":
+        assert {"patch_embed.backbone.0.conv.weight", "patch_embed.backbone.0.bn.running_mean"} <= set(sd)
+    else:
+        assert {"patch_embed.backbone.conv1.0.weight", "patch_embed.backbone.layer2.1.bn2.running_mean",
+                "patch_embed.proj.weight"} <= set(sd)
 
 
 def test_eval_logits_and_features_match_timm(pair):
@@ -84,3 +106,5 @@ def test_bad_stem_settings_are_named():
         create_model("vit_tiny_cs_48", embed_dim=128)
     with pytest.raises(ValueError, match="backbone"):
         create_model("vit_tiny_cs_48", backbone="vgg")
+    with pytest.raises(ValueError, match="resnet_layers"):
+        create_model("vit_tiny_r18d_48", resnet_layers=())
