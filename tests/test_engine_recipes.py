@@ -22,7 +22,7 @@ def test_recipes_set_defaults_and_stay_overridable():
     assert t.lr == 0.01 and t.augment["vflip"] == 0.0 and t.augment["hflip"] == 0.5
     r = FinetuneConfig.from_recipe("thesis-resnet", model="resnet50d")
     assert (r.optimizer, r.lr, r.freeze, r.head, r.schedule) == ("adam", 0.0005, "1", "mlp", "constant")
-    assert FinetuneConfig.from_recipe("scratch") == FinetuneConfig(recipe="scratch")
+    assert FinetuneConfig.from_recipe("scratch").model == FinetuneConfig().model == "vit_tiny_r18d_48"
     with pytest.raises(ValueError, match="did you mean thesis"):
         FinetuneConfig.from_recipe("thesys")
     assert set(RECIPES) == {"scratch", "thesis", "thesis-resnet", "thesis-svm"}

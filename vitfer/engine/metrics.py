@@ -74,9 +74,30 @@ def evaluate(
     return res
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds ``device`` up: a CUDA GPU with bf16 support, or a CPU whose
+    oneDNN has native bf16 kernels (AVX-512 BF16 / AMX; elsewhere bf16 is emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"bf16"`` where :func:`bf16_is_fast`, else ``"none"``; others unchanged."""
+    if amp == "auto":
+        return "bf16" if bf16_is_fast(device) else "none"
+    return amp
+
+
 def _autocast(device: torch.device, amp: str):
+    amp = resolve_amp(amp, device)
     if amp == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if amp != "none":
-        raise ValueError(f"amp must be 'none' or 'bf16', got {amp!r}")
+        raise ValueError(f"amp must be 'auto', 'none' or 'bf16', got {amp!r}")
     return torch.autocast(device.type, enabled=False)
