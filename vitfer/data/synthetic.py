@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .datasets import FERDataset
 
-__all__ = ["SYNTHETIC_CLASSES", "SyntheticFaces"]
+__all__ = ["EXPRESSION_PARAMETERS", "SYNTHETIC_CLASSES", "SyntheticFaces", "expression_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +280,36 @@ def _render_face(
     x = x * rng.uniform(0.7, 1.2) * (1.0 + rng.uniform(0.0, 0.35) * grad) + rng.uniform(-0.1, 0.1)
     x = x + rng.normal(0.0, rng.uniform(0.01, 0.06), size=x.shape).astype(np.float32)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+#: The names of the expression parameters :func:`expression_parameters` returns, in column order.
+EXPRESSION_PARAMETERS: tuple[str, ...] = tuple(_Expression.__dataclass_fields__)
+
+
+def expression_parameters(
+    n: int, seed: int = 0, classes: Sequence[str] = SYNTHETIC_CLASSES, n_subjects: int = 40
+) -> tuple[np.ndarray, np.ndarray]:
+    """The drawn expression parameters of the samples ``SyntheticFaces(n, seed=seed, classes=classes,
+    n_subjects=n_subjects)`` shows, without drawing them: ``(params (n, 9) float32, labels (n,))``,
+    columns named by :data:`EXPRESSION_PARAMETERS`.
+
+    They are what the picture encodes of its class (after the subject's resting bias and the
+    per-sample noise), so a classifier on them measures the task's ceiling: what any model of the
+    images could reach at best, since pose, lighting and drawing only hide them further.
+    """
+    classes = list(classes)
+    subjects = [_draw_subject(np.random.default_rng([seed, 1, s])) for s in range(n_subjects)]
+    params = np.empty((n, len(EXPRESSION_PARAMETERS)), dtype=np.float32)
+    labels = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        rng = np.random.default_rng([seed, 0, i])
+        label = i % len(classes)
+        sid = int(rng.integers(n_subjects))
+        # the same draws, in the same order, as SyntheticFaces.__init__ and _render_face make
+        expr = _mix(_EXPRESSIONS[classes[label]], subjects[sid], rng)
+        params[i] = [getattr(expr, k) for k in EXPRESSION_PARAMETERS]
+        labels[i] = label
+    return params, labels
 
 
 class SyntheticFaces(FERDataset):
