@@ -67,3 +67,53 @@ def test_short_synthetic_run_learns_far_above_chance(tmp_path):
     res = finetune(cfg)
     assert res["history"][-1]["train_loss"] < res["history"][0]["train_loss"] - 0.3
     assert res["test"]["accuracy"] >= 0.45, res["test"]
+
+
+def test_soft_targets_match_torch_label_smoothing():
+    from vitfer.engine.mixing import soft_cross_entropy, soft_targets
+
+    logits = torch.randn(5, 7, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 3, 6, 2, 2])
+    for s in (0.0, 0.1):
+        want = torch.nn.functional.cross_entropy(logits, y, label_smoothing=s)
+        assert torch.allclose(soft_cross_entropy(logits, soft_targets(y, 7, s)), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.2, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mix_batch_targets_follow_the_pixels(mixup, cutmix):
+    from vitfer.engine.mixing import mix_batch
+
+    x = torch.stack([torch.full((1, 8, 8), float(i)) for i in range(4)])  # image i is all i
+    y = torch.tensor([0, 1, 2, 3])
+    for step in range(20):
+        mixed, target, lam = mix_batch(x, y, 4, mixup=mixup, cutmix=cutmix, seed=1, step=step)
+        assert 0.0 <= lam <= 1.0 and torch.allclose(target.sum(1), torch.ones(4))
+        # each image's mean pixel is its own value weighted by lam plus the reversed partner's
+        want = lam * torch.arange(4.0) + (1 - lam) * torch.arange(4.0).flip(0)
+        assert torch.allclose(mixed.mean((1, 2, 3)), want, atol=1e-5)
+        assert torch.allclose(target[0, 0], torch.tensor(lam)) and torch.allclose(target[0, 3], torch.tensor(1 - lam))
+        again = mix_batch(x, y, 4, mixup=mixup, cutmix=cutmix, seed=1, step=step)
+        assert torch.equal(again[0], mixed) and again[2] == lam  # reproducible from (seed, step): resumable
+    off = mix_batch(x, y, 4)
+    assert off[0] is x and off[2] == 1.0
+
+
+def test_mixup_settings_are_checked_and_train(tmp_path):
+    with pytest.raises(ValueError, match="mixup"):
+        FinetuneConfig(mixup=-1.0)
+    with pytest.raises(ValueError, match="cutmix"):
+        FinetuneConfig(cutmix=float("nan"))
+    res = finetune(FinetuneConfig.from_recipe("scratch", synthetic_n=64, epochs=1, batch_size=16, mixup=0.2,
+                                              cutmix=1.0, out_dir=str(tmp_path / "m")))
+    assert res["history"][0]["train_loss"] > 0
+
+
+def test_runs_made_before_the_mixing_fields_still_resume():
+    from dataclasses import asdict
+
+    from vitfer.engine.runs import config_differences
+
+    new = asdict(FinetuneConfig())
+    old = {k: v for k, v in new.items() if k not in ("mixup", "cutmix")}
+    assert config_differences(old, new) == []
+    assert config_differences(old, {**new, "mixup": 0.2}) == ["mixup: None -> 0.2"]

@@ -114,6 +114,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
                    help="linear warm-up steps (at most a fifth of the run) before the cosine decay")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="in [0, 1)")
+    p.add_argument("--mixup", type=float, default=d.mixup, help="mixup's Beta alpha (0 = off), e.g. 0.2")
+    p.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix's Beta alpha (0 = off), e.g. 1.0")
     p.add_argument("--synthetic-n", type=int, default=d.synthetic_n, help="number of synthetic faces")
     p.add_argument("--seed", type=int, default=d.seed, help="fixes the split, the initialisation and the augmentation")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
@@ -142,7 +144,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size,
         patch_size=args.patch_size, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        label_smoothing=args.label_smoothing, synthetic_n=args.synthetic_n, seed=args.seed, device=args.device,
+        label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix, synthetic_n=args.synthetic_n, seed=args.seed, device=args.device,
         amp=args.amp, out_dir=args.out, overwrite=args.overwrite, momentum=args.momentum, schedule=args.schedule,
         freeze=args.freeze, head=args.head,
     )

@@ -72,6 +72,8 @@ class FinetuneConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 50
     label_smoothing: float = 0.1
+    mixup: float = 0.0  # mixup's Beta alpha (0 = off); with cutmix too, each batch uses one of the two
+    cutmix: float = 0.0  # CutMix's Beta alpha (0 = off)
     drop_path_rate: float = 0.1
     augment: dict[str, Any] = field(default_factory=dict)  # overrides of vitfer.data.DEFAULT_AUGMENT
     synthetic_n: int = 1000
@@ -119,6 +121,10 @@ class FinetuneConfig:
             raise bad("weight_decay", ">= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise bad("label_smoothing", "in [0, 1)")
+        for name in ("mixup", "cutmix"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                raise bad(name, "a Beta alpha >= 0 (0 = off)")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise bad("drop_path_rate", "in [0, 1)")
         if not is_int(self.warmup_steps) or self.warmup_steps < 0:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .config import FinetuneConfig, RunFolderError, TrainingError
 from .metrics import _autocast, evaluate
+from .mixing import mix_batch, soft_cross_entropy
 from .model import apply_freeze, build_model, build_optimizer, default_lr, set_train_mode
 from .distributed import DistInfo, dist_info
 from .runs import (
@@ -307,9 +308,15 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
             for grp in opt.param_groups:
                 grp["lr"] = _lr_at(step, total, peak_lr, min(cfg.warmup_steps, max(1, total // 5)), cfg.schedule)
             x, y = x.to(device), y.to(device)
+            if cfg.mixup or cfg.cutmix:
+                x, target, _ = mix_batch(x, y, data.num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                                         smoothing=cfg.label_smoothing, seed=cfg.seed, step=step)
             with _autocast(device, cfg.amp):
                 logits = train_model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if cfg.mixup or cfg.cutmix:
+                loss = soft_cross_entropy(logits, target)
+            else:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 kept = f"; the checkpoint and state of epoch {history[-1]['epoch']} in {out_dir} are kept" if history else ""
                 raise TrainingError(

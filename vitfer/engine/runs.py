@@ -170,5 +170,12 @@ def load_train_state(
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The config fields that differ between a stored run and a resumed one (``field: old -> new``),
     leaving out :data:`RESUMABLE_CHANGES`."""
+    from dataclasses import MISSING, fields
+
+    from .config import FinetuneConfig
+
+    defaults = {f.name: f.default for f in fields(FinetuneConfig) if f.default is not MISSING}
     keys = sorted((set(old) | set(new)) - set(RESUMABLE_CHANGES))
+    # a field added since the stored run was made is the same run when it holds its default
+    keys = [k for k in keys if k in old or k not in defaults or json.dumps(new.get(k)) != json.dumps(defaults[k])]
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if json.dumps(old.get(k)) != json.dumps(new.get(k))]
