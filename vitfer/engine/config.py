@@ -216,7 +216,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "warmup_steps": 100, "schedule": "cosine", "label_smoothing": 0.0, "drop_path_rate": 0.0, "amp": "auto",
         "datasets": {
             # the procedural faces: plenty of them (generating 10,000 takes about 4 s), few epochs
-            "synthetic": {"synthetic_n": 10000, "epochs": 5,
+            "synthetic": {"synthetic_n": 10000, "epochs": 7,
                           "augment": {"rotation": 0.0, "translate": 0.0, "brightness": 0.0, "contrast": 0.0}},
             # small face datasets (CK+48: 703 training images): many epochs, the default augmentation
             "default": {"epochs": 60, "batch_size": 32, "label_smoothing": 0.1},
