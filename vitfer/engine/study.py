@@ -271,7 +271,7 @@ def _train_time(res: dict[str, Any]) -> Optional[float]:
 
 def study_table_rows(results: Sequence[tuple[StudyCell, dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row a (dataset, model): the study's numbers, ours on the main protocol and the mean +- std
-    over the subject folds (None where not run)."""
+    over the subject folds (None where not run); the study's models in its table order."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for cell, res in results:
         key = (cell.dataset, cell.label)
@@ -296,9 +296,13 @@ def study_table_rows(results: Sequence[tuple[StudyCell, dict[str, Any]]]) -> lis
                        subject_accuracy_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                        subject_folds=len(accs), subject_train_time_s=res.get("train_time_s"),
                        subject_dir=str(cell.out_dir))
-    for i, row in enumerate(rows.values()):
-        row["no"] = 1 + sum(1 for r in list(rows.values())[:i] if r["dataset"] == row["dataset"])
-    return list(rows.values())
+    # The study's order (its table numbers), whatever order the cells ran in; other models after.
+    order = {s: i for i, (s, _) in enumerate(STUDY_MODELS)}
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows.values()))
+    out = sorted(rows.values(), key=lambda r: (datasets.index(r["dataset"]), order.get(r["study_model"] or "", len(order))))
+    for i, row in enumerate(out):
+        row["no"] = 1 + sum(1 for r in out[:i] if r["dataset"] == row["dataset"])
+    return out
 
 
 def _study_name_of(model: str, overrides: Optional[dict[str, Any]]) -> tuple[str, str]:
