@@ -4,8 +4,6 @@ from __future__ import annotations
 import csv
 import io
 
-import pytest
-
 from vitfer.cli import main
 from vitfer.engine.study import (
     QUICK_MODELS, STUDY_MODELS, STUDY_RESULTS, StudyConfig, format_duration, run_study, study_cells,
@@ -85,3 +83,14 @@ def test_table_rows_follow_the_studys_order():
     assert [(r["no"], r["model"]) for r in rows] == [(1, "resnet18d"), (2, "vit_tiny_patch16_224"), (3, "resnet34d")]
     md = tables_markdown(rows)
     assert "| 3 | - | - | - | - | resnet34d | 50.00 | 1m5s | 5.00 | - | - |" in md
+
+
+def test_tables_only_shows_finished_cells_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["study", "--quick", "--datasets", "synthetic", "--models", "resnet18d,vit_tiny_patch16_224",
+            "--out", str(out), "--tables-only"]
+    assert main(args) == 0
+    assert "not finished yet" in capsys.readouterr().out
+    assert not (out / "synthetic" / "resnet18d").exists()  # nothing trained
+    md = (out / "tables.md").read_text()
+    assert "| 1 | - | - | - | - | resnet18d | - | - | - | - | - |" in md and "not finished yet" in md

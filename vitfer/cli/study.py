@@ -45,6 +45,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="train every cell again (default: skip finished cells)")
+    p.add_argument("--tables-only", action="store_true",
+                   help="train nothing: write the tables of the cells finished so far (the others as -)")
     p.set_defaults(func=_cmd_study)
 
 
@@ -67,13 +69,19 @@ def _cmd_study(args: argparse.Namespace) -> int:
             starts[id(cell)] = time.perf_counter()
             print(f"[{format_duration(time.perf_counter() - t0)}] {what}: {cell.out_dir}", flush=True)
             return
+        if event == "missing":
+            print("    not finished yet", flush=True)
+            return
         acc = result.get("test_accuracy") if cell.protocol == "main" else result["accuracy"]["mean"]
         took = format_duration(time.perf_counter() - starts.pop(id(cell), t0))
         print(f"    {'already finished' if event == 'skipped' else 'done'}: accuracy {100 * acc:.2f}% "
               f"({took})", flush=True)
 
-    res = run_study(cfg, callbacks=callbacks, on_cell=on_cell)
-    print(f"study finished in {format_duration(time.perf_counter() - t0)}: {res['out_dir']}/tables.md, tables.csv")
+    res = run_study(cfg, train=not args.tables_only, callbacks=callbacks, on_cell=on_cell)
+    if args.tables_only:
+        print(f"tables of the finished cells: {res['out_dir']}/tables.md, tables.csv")
+    else:
+        print(f"study finished in {format_duration(time.perf_counter() - t0)}: {res['out_dir']}/tables.md, tables.csv")
     print()
     print(res["tables_md"], end="")
     return 0

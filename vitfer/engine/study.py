@@ -197,38 +197,45 @@ def _run_one(cfg: FinetuneConfig, overwrite: bool, callbacks: Sequence[Any]) -> 
 def run_study(
     cfg: StudyConfig,
     *,
+    train: bool = True,
     callbacks: Sequence[Any] = (),
     on_cell: Optional[Callable[[StudyCell, str, Optional[dict[str, Any]]], None]] = None,
 ) -> dict[str, Any]:
     """Run every cell of :func:`study_cells` (skipping finished ones, resuming interrupted ones)
-    and write ``OUT/tables.md``, ``OUT/tables.csv`` and ``OUT/study.json``.
+    and write ``OUT/tables.md``, ``OUT/tables.csv`` and ``OUT/study.json``. With ``train=False``
+    nothing is trained: the tables show the cells finished so far (the others as ``-``).
 
     ``on_cell(cell, event, result)`` is called with ``event`` ``"start"`` (result None) and then
-    ``"done"`` or ``"skipped"`` (a finished cell of an earlier run). Returns ``{"rows": ...,
-    "tables_md": ..., "tables_csv": ..., "out_dir": ...}``.
+    ``"done"``, ``"skipped"`` (a finished cell of an earlier run) or ``"missing"`` (not finished,
+    ``train=False``). Returns ``{"rows": ..., "tables_md": ..., "tables_csv": ..., "out_dir": ...}``.
     """
     from vitfer.weights.io import atomic_write_text
+
+    from .cv import summarize_folds
 
     cells = study_cells(cfg)
     out = Path(cfg.out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    results: list[tuple[StudyCell, dict[str, Any]]] = []
+    results: list[tuple[StudyCell, Optional[dict[str, Any]]]] = []
     for cell in cells:
         if on_cell:
             on_cell(cell, "start", None)
-        if cell.protocol == "main":
-            res, status = _run_one(cell.cfg, cfg.overwrite, callbacks)
+        folds = [(replace(cell.cfg, fold=k, out_dir=str(fold_dir(cell.out_dir, k))), fold_dir(cell.out_dir, k))
+                 for k in range(cell.cfg.n_folds)] if cell.protocol == "subject" else [(cell.cfg, cell.out_dir)]
+        done = not cfg.overwrite and all(_fold_status(c, d) == "finished" for c, d in folds)
+        res: Optional[dict[str, Any]]
+        if not train:
+            res = None
+            if done:
+                loaded = [json.loads((d / "metrics.json").read_text()) for _, d in folds]
+                res = loaded[0] if cell.protocol == "main" else summarize_folds(loaded, cell.cfg)
+        elif cell.protocol == "main":
+            res, _ = _run_one(cell.cfg, cfg.overwrite, callbacks)
         else:
-            done = not cfg.overwrite and all(
-                _fold_status(replace(cell.cfg, fold=k, out_dir=str(fold_dir(cell.out_dir, k))),
-                             fold_dir(cell.out_dir, k)) == "finished"
-                for k in range(cell.cfg.n_folds)
-            )
             res = run_folds(replace(cell.cfg, overwrite=cfg.overwrite), callbacks=callbacks)
-            status = "finished" if done else "new"
         results.append((cell, res))
         if on_cell:
-            on_cell(cell, "skipped" if status == "finished" else "done", res)
+            on_cell(cell, "skipped" if done else ("done" if res is not None else "missing"), res)
     rows = study_table_rows(results)
     meta = _meta(cfg)
     md, csv_text = tables_markdown(rows, meta), tables_csv(rows)
@@ -269,7 +276,7 @@ def _train_time(res: dict[str, Any]) -> Optional[float]:
     return float(t) if t is not None else (float(res["seconds"]) if res.get("seconds") is not None else None)
 
 
-def study_table_rows(results: Sequence[tuple[StudyCell, dict[str, Any]]]) -> list[dict[str, Any]]:
+def study_table_rows(results: Sequence[tuple[StudyCell, Optional[dict[str, Any]]]]) -> list[dict[str, Any]]:
     """One row a (dataset, model): the study's numbers, ours on the main protocol and the mean +- std
     over the subject folds (None where not run); the study's models in its table order."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -287,7 +294,9 @@ def study_table_rows(results: Sequence[tuple[StudyCell, dict[str, Any]]]) -> lis
                 "subject_accuracy_mean": None, "subject_accuracy_std": None, "subject_folds": None,
                 "subject_train_time_s": None, "subject_dir": None,
             }
-        if cell.protocol == "main":
+        if res is None:
+            row["unfinished"] = True
+        elif cell.protocol == "main":
             row.update(accuracy=100 * res["test_accuracy"], train_time_s=_train_time(res),
                        params_m=res.get("params_m"), run_dir=str(cell.out_dir), split=cell.cfg.split)
         else:
@@ -375,6 +384,10 @@ def tables_markdown(rows: Sequence[dict[str, Any]], meta: Optional[dict[str, Any
                 f"| {_num(r['study_params_m'], '{:g}')} | {r['model']} | {_num(r['accuracy'])} "
                 f"| {format_duration(r['train_time_s'])} | {_num(r['params_m'])} | {subj} "
                 f"| {format_duration(r['subject_train_time_s'])} |")
+        lines.append("")
+    if any(r.get("unfinished") for r in rows):
+        lines.append("`-` in our columns: a cell not finished yet (the tables were written with `--tables-only`); "
+                     "run the same `vitfer study` command to train it.")
         lines.append("")
     lines.append("Training time: the training epochs of the run (validation included, test excluded), as measured "
                  "on the machine named above.")
