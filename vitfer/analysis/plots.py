@@ -65,8 +65,11 @@ def plot_learning_curves(runs: Sequence[Mapping[str, Any]]) -> Any:
                         label=f"{label} test {100 * test:.1f}% (epoch {best})")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(0, 101))
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.legend(fontsize=7, loc="lower right")
     ax_loss.legend(fontsize=7, loc="upper right")
     fig.tight_layout()

@@ -220,7 +220,7 @@ def write_report(
     run_dirs: Sequence[Union[str, os.PathLike]],
     out_dir: Union[str, os.PathLike],
     *,
-    samples: int = 6,
+    samples: int = 7,
     device: str = "cpu",
     data_dir: Optional[str] = None,
     tsne: bool = True,

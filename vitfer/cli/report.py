@@ -22,7 +22,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folders (vitfer finetune / study)")
     p.add_argument("--out", default=None,
                    help="report folder (default: RUN_DIR/report for one run, ./report for several)")
-    p.add_argument("--samples", type=_positive_int, default=6, help="test faces in the attention figure")
+    p.add_argument("--samples", type=_positive_int, default=7, help="test faces in the attention figure (one an expression, in turn)")
     p.add_argument("--data-dir", default=None, help="the dataset folder, if it moved since the runs")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
     p.add_argument("--no-tsne", action="store_true", help="leave out the t-SNE plots")
