@@ -45,3 +45,12 @@ def test_most_confused_and_load_run(tiny_runs):
     assert run["history"] and len(run["history"]) == 2 and run["label"].startswith("convit_tiny on synthetic")
     pairs = most_confused([[5, 2, 0], [0, 3, 4], [1, 0, 6]], ["a", "b", "c"], k=2)
     assert pairs == [("b", "c", 4, 4 / 7), ("a", "b", 2, 2 / 7)]
+
+
+def test_report_without_matplotlib_names_the_extra(tiny_runs, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["report", str(tiny_runs[0]), "--out", str(tiny_runs[0] / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'vitfer[plots]'" in err[0]
