@@ -208,7 +208,12 @@ def _run_section(run: dict[str, Any], out: Path, figures: list[Path], *, samples
 def _comparison(runs: Sequence[dict[str, Any]]) -> list[str]:
     from vitfer.engine.study import run_table_row, tables_markdown
 
+    from vitfer.engine.study import STUDY_MODELS
+
+    order = {s: i for i, (s, _) in enumerate(STUDY_MODELS)}
     rows = [run_table_row(r["metrics"], run_dir=str(r["dir"])) for r in runs]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    rows.sort(key=lambda r: (datasets.index(r["dataset"]), order.get(r["study_model"] or "", len(order))))
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["dataset"]] = r["no"] = counts.get(r["dataset"], 0) + 1
