@@ -1,0 +1,26 @@
+"""Figures and explanations of trained models: attention rollout, GPSA gating, attention
+distances, CrossViT cross-attention, Grad-CAM, pre-logit features and t-SNE, and the report.
+
+    from vitfer.analysis import attention_rollout, gpsa_gating, extract_features, tsne, plot_confusion
+    R = attention_rollout(model, x)              # (B, T, T), rows sum to one
+    fig = plot_confusion(m["confusion"], m["class_names"])   # a matplotlib Figure
+
+The functions that return tensors need only torch; the figures need matplotlib and t-SNE
+scikit-learn (``pip install 'vitfer[plots]'``; without it they raise an ImportError saying so).
+"""
+from .attention import (
+    attention_distances, attention_heatmaps, attention_rollout, crossvit_cls_attention, gpsa_gating, grad_cam,
+    model_kind, rollout_map,
+)
+from .features import extract_features, tsne
+from .plots import (
+    plot_attention, plot_attention_distance, plot_confusion, plot_gating, plot_learning_curves, plot_tsne, save_figure,
+)
+from .report import load_run, most_confused, run_test_set, write_report
+
+__all__ = [
+    "attention_distances", "attention_heatmaps", "attention_rollout", "crossvit_cls_attention", "gpsa_gating",
+    "grad_cam", "model_kind", "rollout_map", "extract_features", "tsne", "plot_attention", "plot_attention_distance",
+    "plot_confusion", "plot_gating", "plot_learning_curves", "plot_tsne", "save_figure", "load_run", "most_confused",
+    "run_test_set", "write_report",
+]

@@ -1,0 +1,409 @@
+"""The study's grid: its seven models on CK+48 and JAFFE, every cell a run folder, and its tables.
+
+    from vitfer.engine.study import StudyConfig, run_study
+    result = run_study(StudyConfig(data_dir="../shared/datasets", out_dir="study"))
+    print(result["tables_md"])  # OUT/tables.md, the study's Tables 4.1 and 4.2 with our numbers
+
+The study (``seed/000_2281a83c938ec6b3.txt``, section 4.3) fine-tuned seven ImageNet models with
+the ``thesis`` recipe on one random split of each dataset (CK+48: 781 train / 200 test images,
+JAFFE: 143 / 70) and reported accuracy, training time and parameters (its Tables 4.1 and 4.2).
+:func:`run_study` reruns that grid (``OUT/<dataset>/<model>``, an ordinary run folder a cell) and
+adds the protocol the study did not run: ``subject_folds`` subject-independent folds
+(``OUT/<dataset>/<model>-subject/fold-K``, no subject on both sides), reported as mean +- std.
+
+A rerun of the same study skips finished cells and resumes an interrupted one from its last epoch.
+
+``quick=True`` is the version a 2-core CPU runs in minutes, without pretrained weights: small
+variants of the same families (:data:`QUICK_MODELS`), the ``scratch`` recipe (48 px inputs) and
+a few epochs. Its tables say plainly that they are not the study's setting.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .config import FinetuneConfig
+from .cv import _fold_status, fold_dir, run_folds
+
+__all__ = [
+    "STUDY_MODELS", "STUDY_RESULTS", "QUICK_MODELS", "StudyConfig", "StudyCell", "run_study", "study_cells",
+    "format_duration", "run_table_row", "study_table_rows", "tables_markdown", "tables_csv",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: The study's models in its table order: (its name, the vitfer model).
+STUDY_MODELS: tuple[tuple[str, str], ...] = (
+    ("resnet50d", "resnet50d"),
+    ("vgg16", "vgg16"),
+    ("vgg19", "vgg19"),
+    ("convit_base", "convit_base"),
+    ("crossvit_base", "crossvit_base_240"),
+    ("vit_base_resnet50", "vit_base_resnet50_384"),
+    ("vit_base_patch16", "vit_base_patch16_224"),
+)
+
+#: The study's own numbers (Tables 4.1 and 4.2): accuracy %, training time, parameters (M).
+STUDY_RESULTS: dict[str, dict[str, tuple[float, str, float]]] = {
+    "ckplus48": {
+        "resnet50d": (100.0, "6m", 25.6), "vgg16": (100.0, "8m55s", 138.36), "vgg19": (100.0, "14m13s", 143.67),
+        "convit_base": (100.0, "17m23s", 86.54), "crossvit_base": (99.5, "32m49s", 105.03),
+        "vit_base_resnet50": (98.51, "31m42s", 98.95), "vit_base_patch16": (92.04, "13m56s", 86.54),
+    },
+    "jaffe": {
+        "resnet50d": (92.86, "2m4s", 25.6), "vgg16": (92.86, "3m37s", 138.36), "vgg19": (94.29, "2m", 143.67),
+        "convit_base": (91.42, "3m22s", 86.54), "crossvit_base": (90.0, "3m28s", 105.03),
+        "vit_base_resnet50": (95.71, "6m15s", 98.95), "vit_base_patch16": (97.14, "4m45s", 86.54),
+    },
+}
+_TABLE_NAMES = {"ckplus48": "Table 4.1: CK+48", "jaffe": "Table 4.2: JAFFE"}
+
+_VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+_VGG13 = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+#: ``quick``: the small member of each study model's family (vitfer model, overrides, label).
+#: VGG has no small registered variant: vgg16's and vgg19's convolution stacks become VGG-11's and
+#: VGG-13's (the shallower members of the family) and their 4096-wide fc1 512 wide. The hybrid
+#: keeps its ResNetV2 stem + stages and ViT blocks, one bottleneck a stage, ViT-Ti width.
+QUICK_MODELS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "resnet50d": ("resnet18d", {}, "resnet18d"),
+    "vgg16": ("vgg16", {"layers": _VGG11, "mlp_ratio": 0.125}, "vgg11 (fc 512)"),
+    "vgg19": ("vgg19", {"layers": _VGG13, "mlp_ratio": 0.125}, "vgg13 (fc 512)"),
+    "convit_base": ("convit_tiny", {}, "convit_tiny"),
+    "crossvit_base": ("crossvit_tiny_240", {}, "crossvit_tiny_240"),
+    "vit_base_resnet50": ("vit_base_r50_s16_224", {"backbone_layers": (1, 1, 1), "embed_dim": 192, "depth": 12,
+                                                   "num_heads": 3}, "vit_r50 hybrid (tiny: 1-1-1 stages, ViT-Ti)"),
+    "vit_base_patch16": ("vit_tiny_patch16_224", {}, "vit_tiny_patch16"),
+}
+#: Epochs of a ``quick`` cell (the ``scratch`` recipe's other settings are kept).
+QUICK_EPOCHS = 5
+STUDY_DATASETS = ("ckplus48", "jaffe")
+
+
+@dataclass
+class StudyConfig:
+    """What :func:`run_study` runs.
+
+    ``models``: study names (``resnet50d`` ... ``vit_base_patch16``, or their vitfer names such as
+    ``crossvit_base_240``) or any registered model, used as it is; default the study's seven.
+    ``split``: the protocol of the main columns (the study's: ``random``). ``subject_folds``:
+    folds of the subject-independent columns (0: not run). ``epochs``: None keeps the recipe's
+    (``quick``: :data:`QUICK_EPOCHS`). ``quick``: see the module docstring.
+    """
+
+    data_dir: Optional[str] = None
+    out_dir: str = "study"
+    models: Optional[Sequence[str]] = None
+    datasets: Sequence[str] = STUDY_DATASETS
+    split: str = "random"
+    recipe: Optional[str] = None  # None: "thesis" (quick: "scratch")
+    subject_folds: Optional[int] = None  # None: 5 (quick: 0, which would not fit its time)
+    epochs: Optional[int] = None
+    quick: bool = False
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # any other FinetuneConfig field for every cell
+
+    @property
+    def n_subject_folds(self) -> int:
+        return self.subject_folds if self.subject_folds is not None else (0 if self.quick else 5)
+
+    @property
+    def recipe_name(self) -> str:
+        return self.recipe or ("scratch" if self.quick else "thesis")
+
+
+@dataclass
+class StudyCell:
+    """One model on one dataset under one protocol: ``protocol`` is ``main`` (one run folder) or
+    ``subject`` (``subject_folds`` fold folders under ``out_dir``)."""
+
+    dataset: str
+    study_name: str  # the study's model name ("" for a model the study did not train)
+    label: str  # the model as the table names it
+    protocol: str
+    cfg: FinetuneConfig
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.out_dir)
+
+
+def _resolve_model(name: str) -> tuple[str, str]:
+    """``(study name, vitfer model)`` of a ``--models`` entry (study name "" for other models)."""
+    for study, model in STUDY_MODELS:
+        if name in (study, model):
+            return study, model
+    from vitfer.models import get_model_spec
+
+    get_model_spec(name)  # raises for an unknown model, naming close matches
+    return "", name
+
+
+def study_cells(cfg: StudyConfig) -> list[StudyCell]:
+    """Every cell of the study, in table order (dataset, then model; main protocol, then subject)."""
+    if not cfg.datasets:
+        raise ValueError("the study needs at least one dataset (--datasets)")
+    if cfg.n_subject_folds < 0 or cfg.n_subject_folds == 1:
+        raise ValueError(f"subject_folds must be 0 (not run) or at least 2, got {cfg.n_subject_folds}")
+    names = list(cfg.models) if cfg.models else [s for s, _ in STUDY_MODELS]
+    if not names:
+        raise ValueError("the study needs at least one model (--models)")
+    cells = []
+    for dataset in cfg.datasets:
+        for name in names:
+            study, model = _resolve_model(name)
+            overrides: dict[str, Any] = {}
+            label = study or model
+            if cfg.quick and study:
+                model, overrides, label = QUICK_MODELS[study]
+            fields = {"seed": cfg.seed, "device": cfg.device, **cfg.extra}
+            if cfg.quick:
+                fields.update(pretrained=False, epochs=QUICK_EPOCHS)
+            if cfg.epochs is not None:
+                fields["epochs"] = cfg.epochs
+            if overrides:
+                fields["model_overrides"] = {**overrides, **fields.get("model_overrides", {})}
+            base = FinetuneConfig.from_recipe(
+                cfg.recipe_name, model=model, dataset=dataset, data_dir=cfg.data_dir, split=cfg.split, **fields,
+            )
+            root = Path(cfg.out_dir).expanduser() / dataset
+            stem = model if not overrides else f"{model}-quick"
+            cells.append(StudyCell(dataset, study, label, "main", replace(base, out_dir=str(root / stem))))
+            if cfg.n_subject_folds:
+                scfg = replace(base, split="subject-kfold", n_folds=cfg.n_subject_folds, fold=0,
+                               out_dir=str(root / f"{stem}-subject"))
+                cells.append(StudyCell(dataset, study, label, "subject", scfg))
+    return cells
+
+
+def _run_one(cfg: FinetuneConfig, overwrite: bool, callbacks: Sequence[Any]) -> tuple[dict[str, Any], str]:
+    from .loop import finetune
+
+    status = "new" if overwrite else _fold_status(cfg, Path(cfg.out_dir))
+    if status == "finished":
+        return json.loads((Path(cfg.out_dir) / "metrics.json").read_text()), status
+    if status == "resume":
+        return finetune(cfg, resume=True, callbacks=callbacks), status
+    return finetune(replace(cfg, overwrite=True), callbacks=callbacks), status
+
+
+def run_study(
+    cfg: StudyConfig,
+    *,
+    train: bool = True,
+    callbacks: Sequence[Any] = (),
+    on_cell: Optional[Callable[[StudyCell, str, Optional[dict[str, Any]]], None]] = None,
+) -> dict[str, Any]:
+    """Run every cell of :func:`study_cells` (skipping finished ones, resuming interrupted ones)
+    and write ``OUT/tables.md``, ``OUT/tables.csv`` and ``OUT/study.json``. With ``train=False``
+    nothing is trained: the tables show the cells finished so far (the others as ``-``).
+
+    ``on_cell(cell, event, result)`` is called with ``event`` ``"start"`` (result None) and then
+    ``"done"``, ``"skipped"`` (a finished cell of an earlier run) or ``"missing"`` (not finished,
+    ``train=False``). Returns ``{"rows": ..., "tables_md": ..., "tables_csv": ..., "out_dir": ...}``.
+    """
+    from vitfer.weights.io import atomic_write_text
+
+    from .cv import summarize_folds
+
+    cells = study_cells(cfg)
+    out = Path(cfg.out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[tuple[StudyCell, Optional[dict[str, Any]]]] = []
+    for cell in cells:
+        if on_cell:
+            on_cell(cell, "start", None)
+        folds = [(replace(cell.cfg, fold=k, out_dir=str(fold_dir(cell.out_dir, k))), fold_dir(cell.out_dir, k))
+                 for k in range(cell.cfg.n_folds)] if cell.protocol == "subject" else [(cell.cfg, cell.out_dir)]
+        done = not cfg.overwrite and all(_fold_status(c, d) == "finished" for c, d in folds)
+        res: Optional[dict[str, Any]]
+        if not train:
+            res = None
+            if done:
+                loaded = [json.loads((d / "metrics.json").read_text()) for _, d in folds]
+                res = loaded[0] if cell.protocol == "main" else summarize_folds(loaded, cell.cfg)
+        elif cell.protocol == "main":
+            res, _ = _run_one(cell.cfg, cfg.overwrite, callbacks)
+        else:
+            res = run_folds(replace(cell.cfg, overwrite=cfg.overwrite), callbacks=callbacks)
+        results.append((cell, res))
+        if on_cell:
+            on_cell(cell, "skipped" if done else ("done" if res is not None else "missing"), res)
+    rows = study_table_rows(results)
+    meta = _meta(cfg)
+    md, csv_text = tables_markdown(rows, meta), tables_csv(rows)
+    atomic_write_text(out / "tables.md", md)
+    atomic_write_text(out / "tables.csv", csv_text)
+    atomic_write_text(out / "study.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return {"rows": rows, "tables_md": md, "tables_csv": csv_text, "out_dir": str(out)}
+
+
+def _meta(cfg: StudyConfig) -> dict[str, Any]:
+    import torch
+
+    from .config import _device
+
+    dev = _device(cfg.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    return {"quick": cfg.quick, "recipe": cfg.recipe_name, "split": cfg.split, "subject_folds": cfg.n_subject_folds,
+            "epochs": cfg.epochs if cfg.epochs is not None else (QUICK_EPOCHS if cfg.quick else None),
+            "seed": cfg.seed, "device": name}
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """``6m``, ``8m55s``, ``2h03m``, ``41s``: the study's way of writing training times."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s}s" if s else f"{m}m"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _train_time(res: dict[str, Any]) -> Optional[float]:
+    t = res.get("train_time_s")
+    return float(t) if t is not None else (float(res["seconds"]) if res.get("seconds") is not None else None)
+
+
+def study_table_rows(results: Sequence[tuple[StudyCell, Optional[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """One row a (dataset, model): the study's numbers, ours on the main protocol and the mean +- std
+    over the subject folds (None where not run); the study's models in its table order."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for cell, res in results:
+        key = (cell.dataset, cell.label)
+        row = rows.get(key)
+        if row is None:
+            study = STUDY_RESULTS.get(cell.dataset, {}).get(cell.study_name)
+            row = rows[key] = {
+                "dataset": cell.dataset, "study_model": cell.study_name or None, "model": cell.label,
+                "vitfer_model": cell.cfg.model, "model_overrides": cell.cfg.model_overrides or None,
+                "study_accuracy": study[0] if study else None, "study_time": study[1] if study else None,
+                "study_params_m": study[2] if study else None,
+                "accuracy": None, "train_time_s": None, "params_m": None, "run_dir": None,
+                "subject_accuracy_mean": None, "subject_accuracy_std": None, "subject_folds": None,
+                "subject_train_time_s": None, "subject_dir": None,
+            }
+        if res is None:
+            row["unfinished"] = True
+        elif cell.protocol == "main":
+            row.update(accuracy=100 * res["test_accuracy"], train_time_s=_train_time(res),
+                       params_m=res.get("params_m"), run_dir=str(cell.out_dir), split=cell.cfg.split)
+        else:
+            accs = [100 * f["accuracy"] for f in res["folds"]]
+            row.update(subject_accuracy_mean=statistics.mean(accs),
+                       subject_accuracy_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                       subject_folds=len(accs), subject_train_time_s=res.get("train_time_s"),
+                       subject_dir=str(cell.out_dir))
+    # The study's order (its table numbers), whatever order the cells ran in; other models after.
+    order = {s: i for i, (s, _) in enumerate(STUDY_MODELS)}
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows.values()))
+    out = sorted(rows.values(), key=lambda r: (datasets.index(r["dataset"]), order.get(r["study_model"] or "", len(order))))
+    for i, row in enumerate(out):
+        row["no"] = 1 + sum(1 for r in out[:i] if r["dataset"] == row["dataset"])
+    return out
+
+
+def _study_name_of(model: str, overrides: Optional[dict[str, Any]]) -> tuple[str, str]:
+    """The study model a run stands for and the table's label for it (``("", model)`` if none)."""
+    for study, name in STUDY_MODELS:
+        if name == model and not overrides:
+            return study, study
+    for study, (name, ov, label) in QUICK_MODELS.items():
+        if name == model and json.dumps(ov or {}, sort_keys=True) == json.dumps(overrides or {}, sort_keys=True):
+            return study, label
+    return "", model
+
+
+def run_table_row(metrics: dict[str, Any], run_dir: Optional[str] = None) -> dict[str, Any]:
+    """A table row (:func:`tables_markdown`) for one finished run's ``metrics.json``; the study's
+    numbers beside it where the run's model stands for one of the study's."""
+    cfg = metrics.get("config") or {}
+    overrides = cfg.get("model_overrides") or None
+    if overrides:  # JSON turned tuples into lists; compare as JSON
+        overrides = json.loads(json.dumps(overrides))
+    model = cfg.get("model") or metrics.get("model", "?")
+    study, label = _study_name_of(model, overrides)
+    dataset = cfg.get("dataset", "?")
+    ref = STUDY_RESULTS.get(dataset, {}).get(study)
+    return {
+        "dataset": dataset, "no": 1, "study_model": study or None, "model": label, "vitfer_model": model,
+        "model_overrides": overrides, "study_accuracy": ref[0] if ref else None, "study_time": ref[1] if ref else None,
+        "study_params_m": ref[2] if ref else None, "accuracy": 100 * metrics["test_accuracy"],
+        "train_time_s": _train_time(metrics), "params_m": metrics.get("params_m"), "run_dir": run_dir,
+        "split": cfg.get("split"), "subject_accuracy_mean": None, "subject_accuracy_std": None, "subject_folds": None,
+        "subject_train_time_s": None, "subject_dir": None,
+    }
+
+
+def _num(v: Optional[float], fmt: str = "{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def tables_markdown(rows: Sequence[dict[str, Any]], meta: Optional[dict[str, Any]] = None) -> str:
+    """The rows as the study's tables, one a dataset (see :func:`study_table_rows`)."""
+    meta = meta or {}
+    lines = ["# The study's Tables 4.1 and 4.2, rerun", ""]
+    if meta.get("quick"):
+        lines += ["> **Not the study's setting** (`--quick`): small models of the same families trained from "
+                  f"scratch (no pretrained weights) with the `{meta.get('recipe')}` recipe at 48 px for "
+                  f"{meta.get('epochs')} epochs, so that a 2-core CPU runs the grid in minutes. The study fine-tuned "
+                  "ImageNet models at 224-384 px for 50 epochs; compare its numbers with a full `vitfer study`.", ""]
+    if meta:
+        lines += [f"Recipe `{meta.get('recipe')}`, main split `{meta.get('split')}` (the study's: one random split, "
+                  f"200 / 70 test images), seed {meta.get('seed')}, trained on {meta.get('device')}. "
+                  + (f"Subject-independent: {meta['subject_folds']} subject folds (no subject in both training and "
+                     "test), accuracy mean +- std over the folds; the study did not run this protocol."
+                     if meta.get("subject_folds") else "Subject-independent protocol: not run (`--subject-folds 0`; `--quick` leaves it out to keep its time, "
+                     "`--subject-folds 3` adds it)."),
+                  ""]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        title = _TABLE_NAMES.get(dataset, dataset)
+        lines += [f"## {title}", "",
+                  "| No. | Model | Accuracy, % (study) | Training time (study) | Params (M) (study) | Model (ours) "
+                  "| Accuracy, % | Training time | Params (M) | Subject-independent accuracy, % (mean +- std) "
+                  "| Training time (all folds) |",
+                  "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if r["dataset"] != dataset:
+                continue
+            subj = "-" if r["subject_accuracy_mean"] is None else (
+                f"{r['subject_accuracy_mean']:.2f} +- {r['subject_accuracy_std']:.2f} ({r['subject_folds']} folds)")
+            lines.append(
+                f"| {r['no']} | {r['study_model'] or '-'} | {_num(r['study_accuracy'], '{:g}')} | {r['study_time'] or '-'} "
+                f"| {_num(r['study_params_m'], '{:g}')} | {r['model']} | {_num(r['accuracy'])} "
+                f"| {format_duration(r['train_time_s'])} | {_num(r['params_m'])} | {subj} "
+                f"| {format_duration(r['subject_train_time_s'])} |")
+        lines.append("")
+    if any(r.get("unfinished") for r in rows):
+        lines.append("`-` in our columns: a cell not finished yet (the tables were written with `--tables-only`); "
+                     "run the same `vitfer study` command to train it.")
+        lines.append("")
+    lines.append("Training time: the training epochs of the run (validation included, test excluded), as measured "
+                 "on the machine named above.")
+    return "\n".join(lines) + "\n"
+
+
+_CSV_FIELDS = ("dataset", "no", "study_model", "study_accuracy", "study_time", "study_params_m", "model",
+               "vitfer_model", "model_overrides", "accuracy", "train_time_s", "params_m", "subject_accuracy_mean",
+               "subject_accuracy_std", "subject_folds", "subject_train_time_s", "run_dir", "subject_dir")
+
+
+def tables_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (json.dumps(r[k]) if isinstance(r.get(k), dict) else r.get(k)) for k in _CSV_FIELDS})
+    return buf.getvalue()
+
