@@ -343,6 +343,15 @@ def _cfg(hf_hub_id: str, **kwargs: Any) -> PretrainedCfg:
     )
 
 
+def _scratch_cfg(first_conv: str) -> PretrainedCfg:
+    """The input settings of a 48-px model without pretrained weights (7 expression classes)."""
+    return PretrainedCfg(
+        hf_hub_id=None, input_size=(3, 48, 48), crop_pct=1.0, interpolation="bilinear", mean=INCEPTION_MEAN,
+        std=INCEPTION_STD, num_classes=7, fixed_input_size=True, first_conv=first_conv, classifier="head",
+        license="apache-2.0",
+    )
+
+
 _PRETRAINED = {
     "vit_base_r50_s16_224": _cfg(
         "timm/vit_base_r50_s16_224.orig_in21k", input_size=(3, 224, 224), crop_pct=0.9, num_classes=0
@@ -351,21 +360,9 @@ _PRETRAINED = {
         "timm/vit_base_r50_s16_384.orig_in21k_ft_in1k", input_size=(3, 384, 384), crop_pct=1.0
     ),
     # no pretrained weights: built for training from scratch (the ``scratch`` recipe)
-    "vit_tiny_cs_48": PretrainedCfg(
-        hf_hub_id=None, input_size=(3, 48, 48), crop_pct=1.0, interpolation="bilinear", mean=INCEPTION_MEAN,
-        std=INCEPTION_STD, num_classes=7, fixed_input_size=True, first_conv="patch_embed.backbone.0.conv",
-        classifier="head", license="apache-2.0",
-    ),
-    "vit_tiny_r18d_48": PretrainedCfg(
-        hf_hub_id=None, input_size=(3, 48, 48), crop_pct=1.0, interpolation="bilinear", mean=INCEPTION_MEAN,
-        std=INCEPTION_STD, num_classes=7, fixed_input_size=True, first_conv="patch_embed.backbone.conv1.0",
-        classifier="head", license="apache-2.0",
-    ),
-    "vit_small_cs_48": PretrainedCfg(
-        hf_hub_id=None, input_size=(3, 48, 48), crop_pct=1.0, interpolation="bilinear", mean=INCEPTION_MEAN,
-        std=INCEPTION_STD, num_classes=7, fixed_input_size=True, first_conv="patch_embed.backbone.0.conv",
-        classifier="head", license="apache-2.0",
-    ),
+    "vit_tiny_cs_48": _scratch_cfg("patch_embed.backbone.0.conv"),
+    "vit_small_cs_48": _scratch_cfg("patch_embed.backbone.0.conv"),
+    "vit_tiny_r18d_48": _scratch_cfg("patch_embed.backbone.conv1.0"),
 }
 
 
