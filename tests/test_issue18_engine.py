@@ -291,7 +291,7 @@ def test_item22_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for d in ("(default: 5)", "(default: auto)", "(default: 0.1)", "(default: resnet18d)"):
+    for d in ("(default: 5)", "(default: auto)", "(default: 0.1)", "(default: vit_tiny_r18d_48)"):
         assert d in text
 
 

@@ -171,10 +171,10 @@ def test_scratch_is_reused_but_never_returned(monkeypatch):
     with torch.no_grad():
         first = scaled_dot_product_attention(q, k, v, impl="manual")
         keep = first.clone()
-        ws = attn_mod._scratch.buffers[torch.float32]
+        ws = attn_mod._scratch.buffers[(torch.float32, False)]
         q2, k2, v2 = _qkv_from_fused(4, 3, 20, 8, seed=1)
         second = scaled_dot_product_attention(q2, k2, v2, impl="manual")
-        assert attn_mod._scratch.buffers[torch.float32] is ws, "same workspace for the same shapes"
+        assert attn_mod._scratch.buffers[(torch.float32, False)] is ws, "same workspace for the same shapes"
     assert torch.equal(first, keep), "a later call must not overwrite an earlier result"
     assert_close(second, F.scaled_dot_product_attention(q2, k2, v2), 1e-5, "second call")
     for t in (first, second):
