@@ -9,6 +9,7 @@
     vitfer export CKPT OUT.onnx                       ONNX export
     vitfer study --data-dir DIR [--quick] ...         the study's grid and its Tables 4.1 / 4.2
     vitfer report RUN_DIR [RUN_DIR ...]               figures and a report of run folders
+    vitfer demo CKPT [CKPT ...] [--port P]            a local web page: photos, webcam, attention
 
 One module a command (``vitfer/cli/<command>.py``), each with an ``_add_<command>(subparsers)``
 function that sets ``func`` on its parser; a new command is a new module listed in ``_COMMANDS``.
@@ -26,7 +27,7 @@ from vitfer.cli.finetune import _Progress  # noqa: F401  (tests drive the progre
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = ["models", "convert", "manifest", "finetune", "predict", "evaluate", "export", "study", "report"]
+_COMMANDS = ["models", "convert", "manifest", "finetune", "predict", "evaluate", "export", "study", "report", "demo"]
 
 
 def _adders() -> list[Callable[[argparse._SubParsersAction], None]]:
