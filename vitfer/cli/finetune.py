@@ -78,9 +78,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subject-pattern", default=None, metavar="REGEX",
                    help="--dataset folder: a regex whose group (or group 'subject') captures the subject from each "
                    "file name, for the subject splits")
-    p.add_argument("--crop-faces", action="store_true",
-                   help="--dataset folder: train on the largest face OpenCV's Haar cascade finds in each photo (images "
-                   "without one are skipped and listed); needs the detect extra")
+    p.add_argument("--crop-faces", action=argparse.BooleanOptionalAction, default=d.crop_faces,
+                   help="--dataset folder or jaffe: train on the largest face OpenCV's Haar cascade finds in each photo "
+                   "(images without one are skipped and listed); needs the detect extra. The scratch recipe crops "
+                   "JAFFE's faces (--no-crop-faces keeps the whole photo)")
     p.add_argument("--split", default=d.split, choices=SPLIT_KINDS,
                    help="random (the study's), subject (no person on both sides), kfold, subject-kfold, official "
                    "(FER-2013's Usage column, or a folder with train/ and test/)")
@@ -98,6 +99,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", default=None,
                    help="start from pretrained weights: 'hub' (the model's default weights), a checkpoint file, "
                    "or hf-hub:REPO[@REV]")
+    p.add_argument("--pretrain", default=d.pretrain, metavar="DATASET",
+                   help="first train the same model with the same recipe on DATASET (synthetic, ckplus48, jaffe, "
+                   "fer2013; found beside --data-dir or in $VITFER_DATA_DIR), in the run folder's pretrain-DATASET, "
+                   "then start from its weights. The scratch recipe pretrains JAFFE runs on CK+48; 'none' turns it off")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimiser step")
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimiser (sgd: momentum 0.9)")
@@ -116,6 +121,11 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="in [0, 1)")
     p.add_argument("--mixup", type=float, default=d.mixup, help="mixup's Beta alpha (0 = off), e.g. 0.2")
     p.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix's Beta alpha (0 = off), e.g. 1.0")
+    p.add_argument("--drop-path-rate", type=float, default=d.drop_path_rate,
+                   help="stochastic depth of the transformer blocks, in [0, 1)")
+    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="keep a moving average of the weights with this decay (e.g. 0.998) and validate, save and "
+                   "test it (0 = off)")
     p.add_argument("--synthetic-n", type=int, default=d.synthetic_n, help="number of synthetic faces")
     p.add_argument("--seed", type=int, default=d.seed, help="fixes the split, the initialisation and the augmentation")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
@@ -130,10 +140,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     _PARSERS["finetune"] = p
 
 
-def _cmd_finetune(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> "Any":
+    """The :class:`~vitfer.engine.FinetuneConfig` that ``vitfer finetune`` runs for ``args``: the
+    recipe's values (``scratch`` without ``--pretrained``), then the options given; with
+    ``--resume`` the stored run's config, then the options given."""
     import dataclasses
 
-    from vitfer.engine import FinetuneConfig, finetune, run_folds
+    from vitfer.engine import FinetuneConfig
 
     pretrained: Any = False
     if args.pretrained:
@@ -144,9 +157,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size,
         patch_size=args.patch_size, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix, synthetic_n=args.synthetic_n, seed=args.seed, device=args.device,
+        label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix,
+        drop_path_rate=args.drop_path_rate, ema=args.ema, synthetic_n=args.synthetic_n, seed=args.seed, device=args.device,
         amp=args.amp, out_dir=args.out, overwrite=args.overwrite, momentum=args.momentum, schedule=args.schedule,
-        freeze=args.freeze, head=args.head,
+        freeze=args.freeze, head=args.head, pretrain=None if args.pretrain in (None, "none") else args.pretrain,
     )
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     explicit = {{"out": "out_dir"}.get(k, k) for k in _explicit_args("finetune", args.argv)} & fields
@@ -171,6 +185,15 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             cfg = FinetuneConfig.from_recipe(recipe, **{k: given[k] for k in explicit if k in given})
         else:
             cfg = FinetuneConfig(**given)
+    return cfg
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from vitfer.engine import finetune, run_folds
+
+    cfg = config_from_args(args)
     if not args.quiet:
         _progress_to_stdout("vitfer.engine", "vitfer.data")
     callbacks = [_Progress()] if not args.quiet and sys.stderr.isatty() else []

@@ -1018,6 +1018,7 @@ def load_jaffe(
     image_size: int | Sequence[int] | None = None,
     interpolation: str = "bilinear",
     fit: str | None = None,
+    preprocess: Callable[[Image.Image], tuple[Image.Image | None, str]] | None = None,
 ) -> FERDataset:
     """Load JAFFE: a flat folder of ``<subject>.<EXPR><n>.<id>.tiff`` (``KA.AN1.39.tiff``).
 
@@ -1027,6 +1028,9 @@ def load_jaffe(
         transform: the dataset's transform.
         image_size, interpolation, fit: optional resizing at load time, as for
             :func:`load_image_folder` (None keeps the native size).
+        preprocess: a load-time step on each decoded image, as for :func:`load_image_folder`
+            (e.g. keeping the face: JAFFE's 256x256 photos show head and shoulders, the face
+            about half their width); give ``image_size`` with it when its crops differ in size.
 
     Returns:
         FERDataset (213 images, 10 subjects for the public JAFFE), classes :data:`JAFFE_CLASSES`,
@@ -1062,7 +1066,7 @@ def load_jaffe(
         "jaffe", root, files, labels, subjects, JAFFE_CLASSES,
         strict=strict, transform=transform, default_test_size=STUDY_TEST_SIZE["jaffe"],
         image_size=_parse_size(image_size), interpolation=_check_interp(interpolation), fit=_resolve_fit(fit, image_size),
-        face_cropped=True, t0=t0,
+        face_cropped=True, preprocess=preprocess, t0=t0,
     )
 
 

@@ -58,6 +58,7 @@ class FinetuneConfig:
     img_size: Union[int, str, None] = AUTO  # "auto": 48 from scratch, the model's own when pretrained; None: own
     patch_size: Union[int, str, None] = AUTO  # "auto": 6 from scratch (transformers), own when pretrained; None: own
     pretrained: Union[bool, str] = False
+    pretrain: Optional[str] = None  # first train the same model on this dataset (e.g. ckplus48), then start from it
     model_overrides: dict[str, Any] = field(default_factory=dict)  # any other config field, e.g. depth
     epochs: int = 5
     batch_size: int = 16
@@ -75,6 +76,7 @@ class FinetuneConfig:
     mixup: float = 0.0  # mixup's Beta alpha (0 = off); with cutmix too, each batch uses one of the two
     cutmix: float = 0.0  # CutMix's Beta alpha (0 = off)
     drop_path_rate: float = 0.1
+    ema: float = 0.0  # decay of a moving average of the weights, validated, saved and tested (0 = off)
     augment: dict[str, Any] = field(default_factory=dict)  # overrides of vitfer.data.DEFAULT_AUGMENT
     synthetic_n: int = 1000
     seed: int = 0
@@ -125,6 +127,8 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 raise bad(name, "a Beta alpha >= 0 (0 = off)")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0.0 <= self.ema < 1.0:
+            raise bad("ema", "a decay in [0, 1) (0 = off), e.g. 0.998")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise bad("drop_path_rate", "in [0, 1)")
         if not is_int(self.warmup_steps) or self.warmup_steps < 0:
@@ -148,8 +152,17 @@ class FinetuneConfig:
                              "(or --labels FILE.csv)")
         if self.dataset == "fer2013" and not self.data_dir:
             raise ValueError("dataset 'fer2013' needs the CSV: data_dir (--data-dir fer2013.csv or the folder holding it)")
-        if (self.labels or self.subject_pattern or self.crop_faces) and self.dataset != "folder":
-            raise ValueError("--labels, --subject-pattern and --crop-faces apply to --dataset folder")
+        if (self.labels or self.subject_pattern) and self.dataset != "folder":
+            raise ValueError("--labels and --subject-pattern apply to --dataset folder")
+        if self.pretrain is not None:
+            if self.pretrain not in ("synthetic", "ckplus48", "jaffe", "fer2013"):
+                raise bad("pretrain", "None or one of synthetic, ckplus48, jaffe, fer2013")
+            if self.pretrain == self.dataset:
+                raise ValueError(f"pretrain={self.pretrain!r} is the run's own dataset: pretrain on another one")
+            if self.pretrained:
+                raise ValueError("pretrain (--pretrain DATASET) and pretrained weights (--pretrained) exclude each other")
+        if self.crop_faces and self.dataset not in ("folder", "jaffe"):
+            raise ValueError("--crop-faces applies to --dataset folder and jaffe (the others are face crops already)")
         if not 0.0 <= self.face_margin <= 1.0:
             raise bad("face_margin", "in [0, 1]")
         _device(self.device)
@@ -218,8 +231,16 @@ RECIPES: dict[str, dict[str, Any]] = {
             # the procedural faces: plenty of them (generating 10,000 takes about 4 s), few epochs
             "synthetic": {"synthetic_n": 10000, "epochs": 7,
                           "augment": {"rotation": 0.0, "translate": 0.0, "brightness": 0.0, "contrast": 0.0}},
-            # small face datasets (CK+48: 703 training images): many epochs, the default augmentation
-            "default": {"epochs": 60, "batch_size": 32, "label_smoothing": 0.1},
+            # small face datasets (CK+48: 703 training images on the subject split): many epochs, the
+            # default augmentation, mixup / CutMix and drop-path against over-fitting
+            "default": {"epochs": 100, "batch_size": 32, "label_smoothing": 0.1, "mixup": 0.2, "cutmix": 1.0,
+                        "drop_path_rate": 0.1},
+            # JAFFE (about 130 training photos on a subject split) is too small to learn faces from:
+            # pretrain on CK+48 first, crop JAFFE's head-and-shoulders photos to the face as CK+48's
+            # are, and fine-tune gently
+            "jaffe": {"epochs": 60, "batch_size": 32, "label_smoothing": 0.1, "mixup": 0.2, "cutmix": 1.0,
+                      "drop_path_rate": 0.1, "pretrain": "ckplus48", "crop_faces": True, "face_margin": 0.0,
+                      "lr": 3e-4},
         },
     },
     # The study's transformers and CNNs: SGD lr 0.003, batch 10, 50 epochs, ImageNet weights at the

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .config import FinetuneConfig, RunFolderError, TrainingError
 from .metrics import _autocast, evaluate
+from .ema import ModelEma
 from .mixing import mix_batch, soft_cross_entropy
 from .model import apply_freeze, build_model, build_optimizer, default_lr, set_train_mode
 from .distributed import DistInfo, dist_info
@@ -58,6 +59,8 @@ def build_dataset(cfg: FinetuneConfig):
         kwargs.update(image_size=run_input_size(cfg), labels=cfg.labels, subject_pattern=cfg.subject_pattern)
         if cfg.crop_faces:
             kwargs.update(preprocess=face_cropper(cfg.face_margin), face_cropped=True)
+    elif cfg.crop_faces:  # JAFFE: head-and-shoulders photos; crops of each face, resized at load time
+        kwargs.update(preprocess=face_cropper(cfg.face_margin), image_size=run_input_size(cfg))
     return load_dataset(cfg.dataset, root, **kwargs)
 
 
@@ -214,7 +217,15 @@ def finetune(
         model.model_name, cfg.dataset, cfg.split, len(train_set), len(val_set or []), len(test_set),
         data.num_classes, tuple(pcfg["input_size"]), n_params / 1e6, out_dir,
     )
+    pre_info: Optional[dict[str, Any]] = None
     try:
+        if cfg.pretrain:
+            from .pretrain import load_pretraining, run_pretraining
+
+            pre_ckpt, pre_classes = run_pretraining(cfg, out_dir, callbacks)
+            pre_info = {"dataset": cfg.pretrain, "out_dir": str(pre_ckpt.parent), "checkpoint": str(pre_ckpt)}
+            load_pretraining(model, cfg, pre_ckpt, pre_classes, data.classes).to(device)
+            counts = apply_freeze(model, cfg.freeze)
         if cfg.head == "svm":
             from .svm import fit_svm_head
 
@@ -227,6 +238,8 @@ def finetune(
             state.update(status="failed", error=f"{type(e).__name__}: {e}")
             atomic_write_text(out_dir / "config.json", json.dumps(state, indent=2))
         raise
+    if pre_info is not None:
+        result["pretrain"] = pre_info
     result.update(config=run_cfg, versions=state["versions"], params_m=n_params / 1e6,
                   trainable_params_m=counts["trainable"] / 1e6,
                   seconds=time.perf_counter() - t_start)
@@ -278,13 +291,15 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
     peak_lr = cfg.lr if cfg.lr is not None else default_lr(model)
     opt = build_optimizer(cfg, model, peak_lr)
     train_model = dist.wrap(model)
+    ema = ModelEma(model, cfg.ema) if cfg.ema else None
+    eval_model = ema.module if ema is not None else model  # validated, saved and tested
 
     ckpt = out_dir / "model.safetensors"
     history: list[dict[str, Any]] = []
     best: Optional[dict[str, Any]] = None
     step, start_epoch, train_time = 0, 0, 0.0
     if resume and (out_dir / STATE_FILE).is_file():
-        info = load_train_state(out_dir / STATE_FILE, model, opt)
+        info = load_train_state(out_dir / STATE_FILE, model, opt, ema=ema)
         history, best, step, train_time = info["history"], info["best"], info["step"], info["train_time_s"]
         start_epoch = info["epoch"]
         if dist.is_main:
@@ -327,6 +342,8 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
             loss.backward()
             opt.step()
             step += 1
+            if ema is not None:
+                ema.update(model, step)
             b_loss, b_correct, b_n = dist.sum(loss.item() * y.numel(), (logits.argmax(-1) == y).sum().item(), y.numel())
             loss_sum, correct, seen = loss_sum + b_loss, correct + b_correct, seen + b_n
             for cb in callbacks:
@@ -339,7 +356,7 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
             "train_accuracy": correct / max(1, seen), "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9),
         }
         if val_set is not None:
-            v = evaluate(model, val_set, device=device, num_classes=data.num_classes, amp=cfg.amp)
+            v = evaluate(eval_model, val_set, device=device, num_classes=data.num_classes, amp=cfg.amp)
             rec.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
         history.append(rec)
         better = best is None or val_set is None or (rec["val_accuracy"], -rec["val_loss"]) > (
@@ -349,13 +366,13 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
             best = rec
         if dist.is_main:
             if better:
-                save(model, ckpt, class_names=list(data.classes), source=f"vitfer finetune on {cfg.dataset}",
+                save(eval_model, ckpt, class_names=list(data.classes), source=f"vitfer finetune on {cfg.dataset}",
                      epoch=epoch + 1, dataset=cfg.dataset, split=cfg.split,
                      finetune_config=asdict(cfg))
             save_train_state(out_dir / STATE_FILE, model, opt, {
                 "epoch": epoch + 1, "step": step, "history": history, "best": best, "train_time_s": train_time,
                 "config": asdict(cfg),
-            })
+            }, ema=ema)
             with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
         dist.barrier()

@@ -110,12 +110,14 @@ def _set_rng(tensors: dict[str, "torch.Tensor"], info: dict[str, Any]) -> None:
 
 
 def save_train_state(
-    path: Union[str, os.PathLike], model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", info: dict[str, Any]
+    path: Union[str, os.PathLike], model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", info: dict[str, Any],
+    ema: Any = None,
 ) -> Path:
     """Write everything a run needs to continue exactly, atomically, into one safetensors file:
     the model (its current, not its best, weights), the optimiser's state and hyper-parameters,
     the RNG states of torch (CPU and CUDA), numpy and Python, and ``info`` (epoch, step, history,
-    best epoch, config; JSON). No pickle: tensors in safetensors, the rest in its JSON metadata."""
+    best epoch, config; JSON), and the weight average ``ema`` (:class:`~vitfer.engine.ema.ModelEma`)
+    when the run keeps one. No pickle: tensors in safetensors, the rest in its JSON metadata."""
     from vitfer.weights.io import atomic_save_safetensors
 
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach() for k, v in model.state_dict().items()}
@@ -127,6 +129,8 @@ def save_train_state(
                 tensors[f"optim.{idx}.{k}"] = v.detach()
             else:
                 plain.setdefault(str(idx), {})[k] = v
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach() for k, v in ema.state_dict().items()})
     tensors.update(_rng_tensors())
     meta = {**info, "optimizer": {"param_groups": opt["param_groups"], "plain_state": plain}, "rng": _rng_json()}
     return atomic_save_safetensors({k: v.cpu() for k, v in tensors.items()}, path,
@@ -134,10 +138,11 @@ def save_train_state(
 
 
 def load_train_state(
-    path: Union[str, os.PathLike], model: "torch.nn.Module", optimizer: "torch.optim.Optimizer"
+    path: Union[str, os.PathLike], model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", ema: Any = None,
 ) -> dict[str, Any]:
-    """Restore what :func:`save_train_state` wrote into ``model`` and ``optimizer`` and the
-    global RNGs; returns its ``info``. Raises ``CheckpointError`` for a damaged or foreign file."""
+    """Restore what :func:`save_train_state` wrote into ``model``, ``optimizer``, ``ema`` (when
+    given) and the global RNGs; returns its ``info``. Raises ``CheckpointError`` for a damaged or
+    foreign file, or one without the weight average a run with ``ema`` needs."""
     from vitfer.weights.errors import CheckpointError
     from vitfer.weights.io import read_checkpoint
 
@@ -151,6 +156,14 @@ def load_train_state(
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the saved model does not fit the run's model: {e}") from e
+    if ema is not None:
+        ema_sd = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if not ema_sd:
+            raise CheckpointError(f"{path} holds no weight average (ema) for a run that keeps one")
+        try:
+            ema.load_state_dict(ema_sd)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: the saved weight average does not fit the run's model: {e}") from e
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):

@@ -165,7 +165,9 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
                 model, overrides, label = QUICK_MODELS[study]
             fields = {"seed": cfg.seed, "device": cfg.device, **cfg.extra}
             if cfg.quick:
-                fields.update(pretrained=False, epochs=QUICK_EPOCHS)
+                # the study's inputs (whole photos, one dataset at a time), and no mixing in so few epochs
+                fields.update(pretrained=False, epochs=QUICK_EPOCHS, pretrain=None, crop_faces=False, mixup=0.0,
+                              cutmix=0.0, drop_path_rate=0.0)
             if cfg.epochs is not None:
                 fields["epochs"] = cfg.epochs
             if overrides:
