@@ -123,3 +123,20 @@ def test_cli_turns_the_jaffe_recipe_parts_off_and_on(tmp_path, data_root):
     args.argv = argv
     cfg = config_from_args(args)  # the recipe's JAFFE values
     assert (cfg.pretrain, cfg.crop_faces, cfg.face_margin) == ("ckplus48", True, 0.0)
+
+
+def test_face_crops_without_opencv_say_what_to_do(monkeypatch):
+    import builtins
+
+    from vitfer.engine.loop import face_cropper
+
+    real = builtins.__import__
+
+    def no_cv2(name, *a, **k):
+        if name == "cv2":
+            raise ImportError("No module named 'cv2'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_cv2)
+    with pytest.raises(ImportError, match=r"vitfer\[detect\].*--no-crop-faces"):
+        face_cropper(0.0)

@@ -70,7 +70,11 @@ def face_cropper(margin: float):
     skipped and named. Needs the ``detect`` extra (OpenCV)."""
     from vitfer.inference.detect import FaceDetector, crop_largest_face
 
-    detector = FaceDetector()
+    try:
+        detector = FaceDetector()
+    except ImportError as e:
+        raise ImportError(f"--crop-faces (the scratch recipe's default on JAFFE): {e}; or pass --no-crop-faces to "
+                          f"train on the whole photos") from e
 
     def crop(image):
         face = crop_largest_face(image, margin, detector=detector)
