@@ -34,7 +34,7 @@ import speed  # noqa: E402  (benchmarks/speed.py)
 DEFAULT_MODELS = [
     "vit_tiny_patch16_224", "vit_base_patch16_224", "convit_tiny", "convit_base",
     "crossvit_tiny_240", "crossvit_base_240", "crossvit_15_dagger_408", "vit_base_r50_s16_224",
-    "resnet50d", "vgg16", "vgg19",
+    "resnet50d", "vgg16", "vgg19", "vit_tiny_r18d_48", "vit_tiny_cs_48",
 ]
 SPEED_MODELS = ["vit_base_patch16_224", "convit_base", "crossvit_base_240", "vit_base_r50_s16_224", "resnet50d", "vgg16"]
 TRANSFORMERS = ("vit_", "convit", "crossvit")
@@ -46,7 +46,13 @@ def _pair(name: str, device: torch.device):
     from vitfer.models import create_model
 
     ours = create_model(name, num_classes=7).to(device).eval()
-    ref = timm.create_model(name, num_classes=7).to(device).eval()
+    if timm.is_model(name):
+        ref = timm.create_model(name, num_classes=7).to(device).eval()
+    else:  # vitfer's small from-scratch hybrids: timm's ViT on HybridEmbed, built from the same config
+        from accuracy import timm_twin  # benchmarks/accuracy.py
+
+        ref = timm_twin(ours.cpu()).to(device).eval()
+        ours.to(device)
     ours.load_state_dict(ref.state_dict(), strict=True)
     size = ours.pretrained_cfg["input_size"]
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0)).to(device)
