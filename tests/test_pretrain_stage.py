@@ -74,7 +74,7 @@ def test_missing_pretraining_data_is_named(tmp_path, monkeypatch, data_root):
     lone = tmp_path / "only_jaffe"
     lone.mkdir()
     (lone / "jaffe").symlink_to(data_root / "jaffe")
-    with pytest.raises(ValueError, match="pretraining on ckplus48.*not found"):
+    with pytest.raises(ValueError, match="pretraining on ckplus48.*not found.*--pretrain none"):
         finetune(_cfg(tmp_path, data_root, data_dir=str(lone / "jaffe"), pretrain="ckplus48"))
 
 

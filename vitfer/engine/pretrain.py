@@ -65,7 +65,8 @@ def pretrain_config(cfg: FinetuneConfig, out_dir: Path) -> FinetuneConfig:
         where = f"--data-dir {cfg.data_dir}, the folder around it" if cfg.data_dir else "no --data-dir"
         raise ValueError(f"pretraining on {cfg.pretrain} (--pretrain {cfg.pretrain}): its images were not found "
                          f"({where}, $VITFER_DATA_DIR={os.environ.get('VITFER_DATA_DIR', 'unset')}); put the "
-                         f"{cfg.pretrain} folder beside the run's data or set VITFER_DATA_DIR")
+                         f"{cfg.pretrain} folder beside the run's data or set VITFER_DATA_DIR, or pass --pretrain none to "
+                         f"train without it")
     shared = {k: getattr(cfg, k) for k in _SHARED}
     where = dict(dataset=cfg.pretrain, data_dir=root, split="random", out_dir=str(out_dir / f"pretrain-{cfg.pretrain}"),
                  overwrite=True)
