@@ -46,12 +46,18 @@ def _dataset_root(cfg: FinetuneConfig) -> Optional[str]:
     if cfg.pretrain == "fer2013":
         candidates = [c for c in candidates if (c / "fer2013.csv").is_file() or c.suffix == ".csv"]
         return str(candidates[0]) if candidates else None
-    for c in candidates:
-        try:
-            load_dataset(cfg.pretrain, c, image_size=8)  # a cheap check: it finds and names the images
-        except (DatasetError, OSError, ValueError):
-            continue
-        return str(c)
+    quiet = logging.getLogger("vitfer.data")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the probe's "loaded ..." line would read as a second dataset
+    try:
+        for c in candidates:
+            try:
+                load_dataset(cfg.pretrain, c, image_size=8)  # a cheap check: it finds and names the images
+            except (DatasetError, OSError, ValueError):
+                continue
+            return str(c)
+    finally:
+        quiet.setLevel(level)
     return None
 
 
