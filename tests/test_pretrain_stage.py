@@ -140,3 +140,15 @@ def test_face_crops_without_opencv_say_what_to_do(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_cv2)
     with pytest.raises(ImportError, match=r"vitfer\[detect\].*--no-crop-faces"):
         face_cropper(0.0)
+
+
+def test_folds_share_one_pretraining_run(tmp_path, data_root, caplog):
+    from vitfer.engine import run_folds
+
+    caplog.set_level(logging.INFO, logger="vitfer")
+    summary = run_folds(_cfg(tmp_path, data_root, split="subject-kfold", n_folds=2, fold=0,
+                             out_dir=str(tmp_path / "cv")))
+    assert len(summary["folds"]) == 2
+    assert sorted(p.name for p in (tmp_path / "cv").iterdir() if p.is_dir()) == ["fold-0", "fold-1", "pretrain-synthetic"]
+    assert caplog.text.count("pretraining on synthetic first") == 1
+    assert caplog.text.count("reusing the finished run") == 1

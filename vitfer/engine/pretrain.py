@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -61,10 +62,21 @@ def _dataset_root(cfg: FinetuneConfig) -> Optional[str]:
     return None
 
 
+def pretrain_folder(cfg: FinetuneConfig, out_dir: Path) -> Path:
+    """Where ``cfg``'s pretraining run lives: ``<run>/pretrain-DATASET``; the folds of a
+    cross-validation (``OUT/fold-K``) share ``OUT/pretrain-DATASET``, since the pretraining does
+    not depend on the fold."""
+    name = f"pretrain-{cfg.pretrain}"
+    out_dir = Path(out_dir)
+    if cfg.split in ("kfold", "subject-kfold") and re.fullmatch(r"fold-\d+", out_dir.name):
+        return out_dir.parent / name
+    return out_dir / name
+
+
 def pretrain_config(cfg: FinetuneConfig, out_dir: Path) -> FinetuneConfig:
     """The config of ``cfg``'s pretraining run: its recipe's values for the pretraining dataset
     (or ``cfg``'s own hyper-parameters without a recipe), the same model, sizes, seed and device,
-    a random split, in ``out_dir / f"pretrain-{cfg.pretrain}"``."""
+    a random split, in :func:`pretrain_folder`."""
     assert cfg.pretrain
     root = _dataset_root(cfg)
     if cfg.pretrain != "synthetic" and root is None:
@@ -74,7 +86,7 @@ def pretrain_config(cfg: FinetuneConfig, out_dir: Path) -> FinetuneConfig:
                          f"{cfg.pretrain} folder beside the run's data or set VITFER_DATA_DIR, or pass --pretrain none to "
                          f"train without it")
     shared = {k: getattr(cfg, k) for k in _SHARED}
-    where = dict(dataset=cfg.pretrain, data_dir=root, split="random", out_dir=str(out_dir / f"pretrain-{cfg.pretrain}"),
+    where = dict(dataset=cfg.pretrain, data_dir=root, split="random", out_dir=str(pretrain_folder(cfg, out_dir)),
                  overwrite=True)
     if cfg.recipe in RECIPES:
         return FinetuneConfig.from_recipe(cfg.recipe, **shared, **where)
