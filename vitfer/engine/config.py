@@ -16,6 +16,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 HEADS = ("linear", "mlp", "svm")
 AMP_MODES = ("auto", "none", "bf16")
+#: Datasets a run can pretrain on first (``pretrain``; a folder dataset needs options of its own).
+PRETRAIN_DATASETS = ("synthetic", "ckplus48", "jaffe", "fer2013")
 AUTO = "auto"
 #: Sizes of the from-scratch job (``img_size`` / ``patch_size`` = "auto" without pretrained weights).
 SCRATCH_IMG_SIZE, SCRATCH_PATCH_SIZE = 48, 6
@@ -155,8 +157,8 @@ class FinetuneConfig:
         if (self.labels or self.subject_pattern) and self.dataset != "folder":
             raise ValueError("--labels and --subject-pattern apply to --dataset folder")
         if self.pretrain is not None:
-            if self.pretrain not in ("synthetic", "ckplus48", "jaffe", "fer2013"):
-                raise bad("pretrain", "None or one of synthetic, ckplus48, jaffe, fer2013")
+            if self.pretrain not in PRETRAIN_DATASETS:
+                raise bad("pretrain", "None or one of " + ", ".join(PRETRAIN_DATASETS))
             if self.pretrain == self.dataset:
                 raise ValueError(f"pretrain={self.pretrain!r} is the run's own dataset: pretrain on another one")
             if self.pretrained:

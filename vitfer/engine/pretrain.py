@@ -24,8 +24,6 @@ from .config import RECIPES, FinetuneConfig
 
 _logger = logging.getLogger(__name__)
 
-#: Datasets a run can pretrain on (a folder dataset would need its own labels and options).
-PRETRAIN_DATASETS = ("synthetic", "ckplus48", "jaffe", "fer2013")
 #: Fields a pretraining run shares with the run it serves (the model and how it is trained).
 _SHARED = ("model", "model_overrides", "img_size", "patch_size", "seed", "device", "amp", "num_workers")
 
