@@ -10,7 +10,7 @@ import torch
 from vitfer.cli import build_parser, main
 from vitfer.engine import FinetuneConfig, finetune
 from vitfer.engine.config import RECIPES, recipe_values
-from vitfer.engine.metrics import bf16_is_fast, resolve_amp
+from vitfer.runtime import bf16_is_fast, resolve_amp
 from vitfer.engine.model import build_model
 from vitfer.layers import Attention
 from vitfer.models import get_model_spec

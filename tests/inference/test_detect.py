@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from vitfer.data.io import load_image
-from vitfer.inference import detect as det
-from vitfer.inference.detect import (
+from vitfer.data import faces as det
+from vitfer.data.faces import (
     Box,
     FaceDetector,
     crop_face,

@@ -6,7 +6,7 @@
     result = analyse(photo, models)                 # every face, for every model
     result["models"][0]["records"]                  # like vitfer predict --detect's records
 
-Faces are found once, with the first model's :class:`~vitfer.inference.detect.FaceDetector`,
+Faces are found once, with the first model's :class:`~vitfer.data.faces.FaceDetector`,
 so that face *k* is the same face in every model's column; each model then classifies the
 faces exactly as :class:`~vitfer.inference.Predictor` does (same crop margin, transform and
 forward), and the attention of each face is computed as the report draws it
@@ -176,7 +176,7 @@ def analyse(image: Image.Image, predictors: Sequence[Any], *, max_faces: int = M
     """
     from vitfer.analysis import attention_heatmaps
     from vitfer.data import image_to_tensor
-    from vitfer.inference.detect import crop_face
+    from vitfer.data.faces import crop_face
 
     if not predictors:
         raise ValueError("analyse needs at least one predictor")

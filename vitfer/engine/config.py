@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-import torch
+from vitfer.runtime import resolve_device
 
 _logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class FinetuneConfig:
             raise ValueError("--crop-faces applies to --dataset folder and jaffe (the others are face crops already)")
         if not 0.0 <= self.face_margin <= 1.0:
             raise bad("face_margin", "in [0, 1]")
-        _device(self.device)
+        resolve_device(self.device)
 
     @classmethod
     def from_recipe(cls, recipe: str, **fields: Any) -> "FinetuneConfig":
@@ -185,25 +185,6 @@ class FinetuneConfig:
         img = self.img_size if self.img_size != AUTO else (None if self.pretrained else SCRATCH_IMG_SIZE)
         patch = self.patch_size if self.patch_size != AUTO else (None if self.pretrained else SCRATCH_PATCH_SIZE)
         return img, patch  # type: ignore[return-value]
-
-
-def _device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when there is a GPU, else the CPU) or a torch device string; an unknown
-    device or CUDA on a machine without it is a ``ValueError``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu (or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type not in ("cpu", "mps", "xpu"):
-        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
-    return dev
 
 
 def recipe_values(recipe: str, fields: dict[str, Any]) -> dict[str, Any]:

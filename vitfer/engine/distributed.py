@@ -18,7 +18,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from .config import _device
+from vitfer.runtime import resolve_device
 
 _logger = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def dist_info(device: str = "auto") -> DistInfo:
     single-process :class:`DistInfo` on ``device``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo(0, 1, _device(device))
+        return DistInfo(0, 1, resolve_device(device))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .config import FinetuneConfig, _device
+from vitfer.runtime import resolve_device
+
+from .config import FinetuneConfig
 from .loop import build_dataset
 from .metrics import evaluate
 
@@ -82,7 +84,7 @@ def evaluate_checkpoint(
     import vitfer
     from vitfer.data import build_transforms, class_index_map, make_split
 
-    dev = _device(device)
+    dev = resolve_device(device)
     model = vitfer.load(checkpoint, map_location=dev)
     info = getattr(model, "checkpoint_info", {}) or {}
     stored = info.get("finetune_config")

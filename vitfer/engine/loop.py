@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from .config import FinetuneConfig, RunFolderError, TrainingError
-from .metrics import _autocast, evaluate
+from vitfer.runtime import autocast
+
+from .metrics import evaluate
 from .ema import ModelEma
 from .mixing import mix_batch, soft_cross_entropy
 from .model import apply_freeze, build_model, build_optimizer, default_lr, set_train_mode
@@ -68,7 +70,7 @@ def face_cropper(margin: float):
     """A load-time step that keeps the largest face the Haar-cascade detector finds (with
     ``margin``), the crop ``vitfer predict --detect`` gives a model; images without a face are
     skipped and named. Needs the ``detect`` extra (OpenCV)."""
-    from vitfer.inference.detect import FaceDetector, crop_largest_face
+    from vitfer.data.faces import FaceDetector, crop_largest_face
 
     try:
         detector = FaceDetector()
@@ -330,7 +332,7 @@ def _train_and_test(cfg, model, data, split, train_set, val_set, test_set, dist:
             if cfg.mixup or cfg.cutmix:
                 x, target, _ = mix_batch(x, y, data.num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix,
                                          smoothing=cfg.label_smoothing, seed=cfg.seed, step=step)
-            with _autocast(device, cfg.amp):
+            with autocast(device, cfg.amp):
                 logits = train_model(x)
             if cfg.mixup or cfg.cutmix:
                 loss = soft_cross_entropy(logits, target)

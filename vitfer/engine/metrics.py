@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vitfer.runtime import autocast
+
 def classification_metrics(confusion: Sequence[Sequence[int]], classes: Optional[Sequence[Any]] = None) -> dict[str, Any]:
     """The metrics FER papers report, from a confusion matrix (rows: true class, columns: predicted).
 
@@ -61,7 +63,7 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         pred = logits.argmax(-1)
@@ -74,30 +76,3 @@ def evaluate(
     return res
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds ``device`` up: a CUDA GPU with bf16 support, or a CPU whose
-    oneDNN has native bf16 kernels (AVX-512 BF16 / AMX; elsewhere bf16 is emulated and slower)."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """``"auto"`` -> ``"bf16"`` where :func:`bf16_is_fast`, else ``"none"``; others unchanged."""
-    if amp == "auto":
-        return "bf16" if bf16_is_fast(device) else "none"
-    return amp
-
-
-def _autocast(device: torch.device, amp: str):
-    amp = resolve_amp(amp, device)
-    if amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if amp != "none":
-        raise ValueError(f"amp must be 'auto', 'none' or 'bf16', got {amp!r}")
-    return torch.autocast(device.type, enabled=False)

@@ -250,9 +250,9 @@ def run_study(
 def _meta(cfg: StudyConfig) -> dict[str, Any]:
     import torch
 
-    from .config import _device
+    from vitfer.runtime import resolve_device
 
-    dev = _device(cfg.device)
+    dev = resolve_device(cfg.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     return {"quick": cfg.quick, "recipe": cfg.recipe_name, "split": cfg.split, "subject_folds": cfg.n_subject_folds,
             "epochs": cfg.epochs if cfg.epochs is not None else (QUICK_EPOCHS if cfg.quick else None),

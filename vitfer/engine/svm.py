@@ -20,7 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .metrics import _autocast, evaluate
+from vitfer.runtime import autocast
+
+from .metrics import evaluate
 
 __all__ = ["C_GRID", "fit_svm_head", "linear_svm"]
 
@@ -43,7 +45,7 @@ def features(model: nn.Module, dataset, device: torch.device, amp: str = "none",
     model.eval()
     xs, ys = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        with _autocast(device, amp):
+        with autocast(device, amp):
             f = model.forward_head(model.forward_features(x.to(device)), pre_logits=True)
         xs.append(f.float().cpu().numpy().astype(np.float64))
         ys.append(y.numpy())

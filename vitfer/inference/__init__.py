@@ -1,10 +1,10 @@
 """Inference: classifying faces in photos, folders and videos (:class:`Predictor`), face
-detection and cropping (:mod:`vitfer.inference.detect`), ONNX export (:mod:`vitfer.inference.export`).
+detection and cropping (:mod:`vitfer.data.faces`, shared with training), ONNX export (:mod:`vitfer.inference.export`).
 
 OpenCV is optional (``pip install 'vitfer[detect]'``); it is imported only when a detector is
 built, so importing this package never needs it.
 """
-from .detect import (
+from vitfer.data.faces import (
     Box,
     FaceDetector,
     crop_face,

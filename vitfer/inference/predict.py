@@ -79,13 +79,13 @@ class Predictor:
     ) -> None:
         import vitfer
         from vitfer.data import build_transforms
-        from vitfer.engine.config import _device
+        from vitfer.runtime import resolve_device
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         if batch_size < 1 or every < 1 or workers < 1:
             raise ValueError("batch_size, every and workers must be >= 1")
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.model = vitfer.load(checkpoint, map_location=self.device)  # eval mode; ResNets run channels-last
         self.precision, self.batch_size, self.every, self.workers = precision, batch_size, every, workers
         self.margin = margin
@@ -93,7 +93,7 @@ class Predictor:
         self.transform = build_transforms(self.model.pretrained_cfg, train=False)
         self.detector = None
         if detect:
-            from .detect import FaceDetector
+            from vitfer.data.faces import FaceDetector
 
             self.detector = FaceDetector()
 
@@ -115,7 +115,7 @@ class Predictor:
         """Records (without results yet) of one image's faces, each with its ``_x`` tensor."""
         if self.detector is None:
             return [{"file": file, "frame": frame, "box": None, "_x": self._preprocess(im)}]
-        from .detect import crop_face
+        from vitfer.data.faces import crop_face
 
         boxes = self.detector.detect(im)
         if not boxes:
@@ -139,9 +139,9 @@ class Predictor:
             return [{"file": str(path), "error": str(e)}]
 
     def _frames(self, path: Path) -> Iterator[tuple[int, Image.Image]]:
-        from .detect import _import_cv2
+        from vitfer.data.faces import import_cv2
 
-        cv2 = _import_cv2()
+        cv2 = import_cv2()
         if not path.is_file():
             raise FileNotFoundError(f"video not found: {path}")
         cap = cv2.VideoCapture(str(path))
