@@ -9,12 +9,12 @@ from typing import Any
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from vitfer.weights.checkpoint import _check_rebuildable, describe_state_dict
-    from vitfer.weights.convert import _spec
+    from vitfer.models.families import model_spec
     from vitfer.weights.hub import HF_PREFIX, fetch_state_dict, pretrained_tag
     from vitfer.weights.io import atomic_save_safetensors, sha256_file
     from vitfer.weights.manifest import update_manifest_entry
 
-    spec = _spec(args.model)
+    spec = model_spec(args.model)
     tag = pretrained_tag(args.model)
     # "arch.tag" keeps its tag: it selects the hub weights and names the output and manifest entry.
     name = f"{spec.name}.{tag}" if tag else spec.name

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 def _models_rows(pattern: Optional[str], family: Optional[str]) -> list[dict[str, Any]]:
     from vitfer.models.registry import _ALIASES, get_model_spec, list_models
-    from vitfer.weights.convert import build_meta, import_all_families
+    from vitfer.models.families import build_meta, import_all_families
 
     import_all_families()
     rows = []

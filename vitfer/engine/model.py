@@ -29,7 +29,7 @@ def patch_override(family: str, patch: Optional[int], multi_conv: bool = False) 
 
 def build_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
     from vitfer.models import create_model, get_model_spec
-    from vitfer.weights.convert import default_config, import_family
+    from vitfer.models.families import default_config, import_family
 
     spec = get_model_spec(cfg.model)
     import_family(spec.family)
@@ -68,7 +68,7 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
 
 
 def _config_fields(spec) -> set[str]:
-    from vitfer.weights.convert import default_config
+    from vitfer.models.families import default_config
 
     cfg = default_config(spec.name)
     return set(getattr(cfg, "__dataclass_fields__", {}))
@@ -123,7 +123,7 @@ def trunk_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def _head_prefixes(model: nn.Module) -> list[str]:
-    from vitfer.weights.convert import classifier_names
+    from vitfer.models.families import classifier_names
 
     return list(classifier_names(model.pretrained_cfg) or ["head"])
 

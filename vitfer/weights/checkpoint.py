@@ -71,7 +71,7 @@ def _pair(v: Any) -> Optional[tuple[int, int]]:
 
 def _config_overrides(model: nn.Module, name: str) -> dict[str, Any]:
     """The config fields of ``model`` that differ from the registered variant, from its live state."""
-    from .convert import default_config
+    from vitfer.models.families import default_config
 
     cfg = getattr(model, "cfg", None)
     if cfg is None or not dataclasses.is_dataclass(cfg):
@@ -170,9 +170,9 @@ def describe_state_dict(model_name: str, sd: Mapping[str, Tensor], info: Mapping
     """
     from vitfer import __version__
 
-    from .convert import _spec, classifier_names, first_conv_names
+    from vitfer.models.families import classifier_names, first_conv_names, model_spec
 
-    spec = _spec(model_name)
+    spec = model_spec(model_name)
     cfg = spec.pretrained_cfg
     base = dict(info.get("base") or {})
     heads = [c for c in classifier_names(cfg) if f"{c}.weight" in sd]
@@ -210,9 +210,9 @@ def describe_state_dict(model_name: str, sd: Mapping[str, Tensor], info: Mapping
 
 
 def default_config(name: str):
-    from .convert import default_config as _dc
+    from vitfer.models.families import default_config as registered_default
 
-    return _dc(name)
+    return registered_default(name)
 
 
 def _check_rebuildable(meta: Mapping[str, Any], sd: Mapping[str, Tensor]) -> None:
@@ -323,7 +323,9 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> nn.M
     """
     from vitfer.models.registry import create_model, is_model
 
-    from .convert import build_empty, import_all_families, import_family
+    from vitfer.models.families import import_all_families, import_family
+
+    from .convert import build_empty
     from .pretrained import load_state_dict_strict
 
     path = Path(path).expanduser()

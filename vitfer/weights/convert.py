@@ -21,7 +21,6 @@ vgg           torchvision ``.pth`` (``classifier.0/3/6``)           :func:`conve
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import re
@@ -31,7 +30,18 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
+
+from vitfer.models.families import (  # noqa: F401 - the model lookups, re-exported here
+    FAMILIES,
+    build_meta,
+    classifier_names,
+    default_config,
+    first_conv_names,
+    import_all_families,
+    import_family,
+    meta_init,
+    model_spec,
+)
 
 from .errors import CheckpointError
 
@@ -62,78 +72,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-FAMILIES: tuple[str, ...] = ("vit", "convit", "crossvit", "vit_hybrid", "resnet", "vgg")
-
-
-# --------------------------------------------------------------------------------------------
-# Family modules and reference models
-# --------------------------------------------------------------------------------------------
-def import_family(family: str):
-    """Import ``vitfer.models.<family>`` (registers its models); ``None`` if it does not exist yet."""
-    if family not in FAMILIES:
-        raise KeyError(f"unknown model family {family!r}; known: {list(FAMILIES)}")
-    modname = f"vitfer.models.{family}"
-    try:
-        return importlib.import_module(modname)
-    except ModuleNotFoundError as e:
-        if e.name == modname:
-            return None
-        raise
-
-
-def import_all_families() -> list[str]:
-    """Import every family module that exists; returns the families found."""
-    return [f for f in FAMILIES if import_family(f) is not None]
-
-
-def _spec(name: str):
-    from vitfer.models.registry import get_model_spec, is_model
-
-    if not is_model(name):
-        import_all_families()
-    return get_model_spec(name)
-
-
-class _MetaInit(TorchFunctionMode):
-    """Create tensors on the meta device unless a device is given (small index helpers stay on CPU,
-    so that constructors may call ``.tolist()`` on ``linspace`` / ``arange``)."""
-
-    _keep_cpu = frozenset({torch.linspace, torch.arange, torch.logspace, torch.tensor, torch.as_tensor})
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        from torch.utils._device import _device_constructors
-
-        if func in _device_constructors() and kwargs.get("device") is None and func not in self._keep_cpu:
-            kwargs["device"] = "meta"
-        return func(*args, **kwargs)
-
-
-def meta_init() -> TorchFunctionMode:
-    """Context manager: modules built inside have their parameters on the meta device (no memory,
-    no init cost), while small index helpers (``linspace``, ``arange``, ``tensor``) stay on the CPU.
-    ``module.to_empty(device="cpu")`` then allocates (uninitialised) storage."""
-    return _MetaInit()
-
-
-def build_meta(name: str, **overrides: Any) -> nn.Module:
-    """Build ``name`` with parameters on the meta device (shapes only; fast for any size).
-
-    Falls back to a normal CPU build if a constructor cannot run on meta tensors.
-    """
-    spec = _spec(name)
-    try:
-        with _MetaInit():
-            model = spec.builder(**overrides)
-    except (TypeError, ValueError):
-        raise
-    except Exception as e:  # a constructor that needs real data (e.g. .item())
-        _logger.debug("meta build of %s failed (%s); building on the CPU", name, e)
-        model = spec.builder(**overrides)
-    model.model_name = spec.name
-    return model
-
 
 def build_empty(name: str, device: Union[str, torch.device] = "cpu", **overrides: Any) -> Optional[nn.Module]:
     """Build ``name`` with *uninitialised* storage on ``device`` (no init cost), for a caller that
@@ -173,36 +111,9 @@ def reference_shapes(name: str, overrides: Optional[Mapping[str, Any]] = None) -
     """``{key: shape}`` of the architecture ``name`` at its default config with a 1000-class head,
     or, given ``overrides`` (a vitfer checkpoint's config overrides), of the model they describe."""
     key = json.dumps(dict(overrides), sort_keys=True, default=list) if overrides else ""
-    return dict(_reference(_spec(name).name, key)[0])
+    return dict(_reference(model_spec(name).name, key)[0])
 
 
-@functools.lru_cache(maxsize=64)
-def _default_model_cfg(name: str) -> Any:
-    return getattr(build_meta(name), "cfg", None)
-
-
-def default_config(name: str) -> Any:
-    """The config dataclass of ``name`` at its registered defaults (``None`` if the model has none)."""
-    return _default_model_cfg(_spec(name).name)
-
-
-def classifier_names(pretrained_cfg: Any) -> tuple[str, ...]:
-    c = pretrained_cfg.get("classifier") if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.classifier
-    if not c:
-        return ()
-    return (c,) if isinstance(c, str) else tuple(c)
-
-
-def first_conv_names(pretrained_cfg: Any) -> tuple[str, ...]:
-    c = pretrained_cfg.get("first_conv") if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.first_conv
-    if not c:
-        return ()
-    return (c,) if isinstance(c, str) else tuple(c)
-
-
-# --------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------
 def _shape(t: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in t.shape)
 
@@ -299,7 +210,7 @@ def validate_state_dict(
             ``img_size`` ...): ``sd`` is checked against the model they describe instead of the
             architecture's default.
     """
-    spec = _spec(name)
+    spec = model_spec(name)
     try:
         ref = reference_shapes(spec.name, overrides)
     except (TypeError, ValueError) as e:
@@ -388,7 +299,7 @@ def convert_timm(
 ) -> dict[str, Tensor]:
     """A timm state dict of ``model_name`` -> vitfer's, validated against the architecture (as
     ``overrides`` configure it, for a vitfer checkpoint)."""
-    spec = _spec(model_name)
+    spec = model_spec(model_name)
     out = _CONVERT_TIMM[spec.family](spec.name, state_dict)
     validate_state_dict(spec.name, out, source, metadata_model, overrides)
     return out
@@ -692,7 +603,7 @@ def convert_checkpoint(
         ``(state_dict, layout)``, layout one of ``"timm"``, ``"vitfer"``, ``"google-npz"``,
         ``"ibm-crossvit-pth"``, ``"torchvision-pth"``.
     """
-    spec = _spec(model_name)
+    spec = model_spec(model_name)
     meta_model, overrides = checkpoint_architecture(metadata)
     # A vitfer checkpoint of this architecture is checked against the model it describes.
     arch_overrides = overrides if meta_model is not None and _same_arch(meta_model, spec.name) else None
@@ -722,6 +633,6 @@ def _same_arch(a: str, b: str) -> bool:
     if a == b:
         return True
     try:
-        return _spec(a).name == _spec(b).name
+        return model_spec(a).name == model_spec(b).name
     except KeyError:
         return False

@@ -204,10 +204,10 @@ def _hub_logging() -> Iterator[None]:
 def pretrained_tag(model_name: str) -> Optional[str]:
     """The timm tag of ``"arch.tag"`` (``None`` for a plain name); see
     :func:`vitfer.models.registry.pretrained_tag`."""
-    from .convert import _spec
+    from vitfer.models.families import model_spec
     from vitfer.models.registry import pretrained_tag as _tag
 
-    _spec(model_name)  # registers the families, raises for an unknown name
+    model_spec(model_name)  # registers the families, raises for an unknown name
     return _tag(model_name)
 
 
@@ -471,9 +471,10 @@ def fetch_state_dict(model_name: str, source: Union[bool, str, os.PathLike] = Tr
     """
     from vitfer.models.registry import pretrained_hub_id
 
-    from .convert import _spec, convert_checkpoint
+    from vitfer.models.families import model_spec
+    from .convert import convert_checkpoint
 
-    spec = _spec(model_name)
+    spec = model_spec(model_name)
     if source is True:
         try:
             hub_id = pretrained_hub_id(model_name)

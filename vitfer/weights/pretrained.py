@@ -139,9 +139,9 @@ def adapt_state_dict(
     Returns:
         ``(state_dict, head_keys_left_to_init)``: the model keys that keep their fresh init.
     """
-    from .convert import _spec, first_conv_names, import_family
+    from vitfer.models.families import first_conv_names, import_family, model_spec
 
-    spec = _spec(model_name)
+    spec = model_spec(model_name)
     module = import_family(spec.family)
     sd = dict(sd)
 
