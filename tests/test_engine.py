@@ -113,9 +113,11 @@ def test_resume_refuses_another_config_and_missing_state(straight, tmp_path, cap
     with pytest.raises(RunFolderError, match="holds no run"):
         finetune(_cfg(tmp_path / "nothing"), resume=True)
     # the CLI: the stored config is used, an option that differs is named, status 2
-    assert main(["finetune", "--resume", str(straight), "--epochs", "3"]) == 2
+    assert main(["finetune", "--resume", str(straight), "--lr", "0.003"]) == 2
     err = capsys.readouterr().err
-    assert "epochs: 2 -> 3" in err and "Traceback" not in err
+    assert "lr: 0.001 -> 0.003" in err and "Traceback" not in err
+    assert main(["finetune", "--resume", str(straight), "--epochs", "1"]) == 2  # extended, never shortened
+    assert "extended, not shortened" in capsys.readouterr().err
     assert main(["finetune", "--resume", str(tmp_path / "nothing")]) == 2
 
 

@@ -10,7 +10,7 @@ import vitfer
 from vitfer.cli import _Progress, main
 from vitfer.engine import FinetuneConfig, finetune
 from vitfer.engine.config import RECIPES
-from vitfer.engine.loop import _lr_at
+from vitfer.engine.loop import lr_at
 from vitfer.engine.model import apply_freeze, build_model, set_train_mode, trunk_blocks
 
 
@@ -94,15 +94,15 @@ def test_svm_head_on_frozen_features(tmp_path):
 
 
 def test_constant_schedule():
-    assert _lr_at(5, 100, 1e-3, 10, "constant") == pytest.approx(6e-4)
-    assert [_lr_at(s, 100, 1e-3, 10, "constant") for s in (10, 50, 99)] == [1e-3] * 3
+    assert lr_at(5, 100, 1e-3, 10, "constant") == pytest.approx(6e-4)
+    assert [lr_at(s, 100, 1e-3, 10, "constant") for s in (10, 50, 99)] == [1e-3] * 3
     with pytest.raises(ValueError, match="schedule"):
         FinetuneConfig(schedule="step")
 
 
 def test_progress_bar_callback(capsys):
     """The CLI's tqdm bar (shown when stderr is a terminal) follows the engine's events."""
-    p = _Progress()
+    p = _Progress(tty=True)
     p.on_train_start({})
     p.on_epoch_start({"epoch": 1, "epochs": 2, "steps_per_epoch": 3})
     for s in range(3):
@@ -111,6 +111,24 @@ def test_progress_bar_callback(capsys):
     p.on_epoch_end({})
     assert p.bar is None
     assert "epoch 1/2" in capsys.readouterr().err
+
+
+def test_progress_lines_within_an_epoch_without_a_terminal(capsys):
+    """Without a terminal (a log file, CI) progress comes as lines on stdout within an epoch, at
+    most one every ``every_s`` seconds (issue 28: nothing was printed until the first epoch ended)."""
+    p = _Progress(tty=False, every_s=0.0)
+    p.on_train_start({"out_dir": "runs/x"})
+    p.on_epoch_start({"epoch": 2, "epochs": 5, "steps_per_epoch": 3})
+    for s in range(3):
+        p.on_step({"loss": 1.25, "accuracy": 0.5, "images": 8, "step": 3 + s + 1, "epoch": 2, "epochs": 5,
+                   "steps_per_epoch": 3})
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in out] == [f"epoch 2/5 step {k}/3" for k in (1, 2, 3)]
+    assert "loss 1.2500 acc 0.500" in out[-1] and p.bar is None and p.out_dir == "runs/x"
+    quiet = _Progress(tty=False, every_s=3600.0)
+    quiet.on_epoch_start({"epoch": 1, "epochs": 1, "steps_per_epoch": 2})
+    quiet.on_step({"loss": 1.0, "images": 8, "step": 1, "epoch": 1, "epochs": 1, "steps_per_epoch": 2})
+    assert capsys.readouterr().out == ""
 
 
 def test_quiet_prints_results_only(tmp_path, capsys):

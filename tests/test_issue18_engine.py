@@ -17,7 +17,7 @@ from PIL import Image
 
 import vitfer
 from vitfer.cli import main
-from vitfer.train import FinetuneConfig, RunFolderError, TrainingError, _build_model, classification_metrics, finetune
+from vitfer.train import FinetuneConfig, RunFolderError, TrainingError, build_model, classification_metrics, finetune
 
 REPO = Path(__file__).resolve().parents[1]
 # A tiny job: 2-block ViT at 32 px, a few synthetic faces.
@@ -129,9 +129,9 @@ def test_item18_metrics_in_json_and_printed_once(tmp_path, capsys):
 
 # 10 and 13 ------------------------------------------------------------------------------------------
 def test_item13_pretrained_defaults_to_the_models_own_sizes(timm_vit_file):
-    model = _build_model(FinetuneConfig(model="vit_tiny_patch16_224", pretrained=str(timm_vit_file)), 7)
+    model = build_model(FinetuneConfig(model="vit_tiny_patch16_224", pretrained=str(timm_vit_file)), 7)
     assert model.cfg.patch_size == 16 and model.pretrained_cfg["input_size"] == (3, 224, 224)
-    model = _build_model(FinetuneConfig(model="vit_tiny_patch16_224"), 7)  # from scratch: 48 px, patch 6
+    model = build_model(FinetuneConfig(model="vit_tiny_patch16_224"), 7)  # from scratch: 48 px, patch 6
     assert model.cfg.patch_size == 6 and model.pretrained_cfg["input_size"] == (3, 48, 48)
 
 
@@ -146,7 +146,7 @@ def test_item13_cli_pretrained_file_without_patch_flag(tmp_path, timm_vit_file, 
 
 def test_item10_patch_override_with_pretrained_names_the_flag(timm_vit_file, tmp_path, capsys):
     with pytest.raises(ValueError, match="--patch-size 0"):
-        _build_model(FinetuneConfig(model="vit_tiny_patch16_224", pretrained=str(timm_vit_file), patch_size=6), 7)
+        build_model(FinetuneConfig(model="vit_tiny_patch16_224", pretrained=str(timm_vit_file), patch_size=6), 7)
     rc = main(["finetune", "--model", "vit_tiny_patch16_224", "--pretrained", str(timm_vit_file), "--patch-size",
                "6", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from vitfer.train import FinetuneConfig, _build_model, _lr_at, evaluate, finetune, param_groups, patch_override
+from vitfer.train import FinetuneConfig, build_model, lr_at, evaluate, finetune, param_groups, patch_override
 
 
 def test_finetune_smoke_writes_checkpoint_and_metrics(tmp_path):
@@ -46,7 +46,7 @@ def test_finetune_learns_a_fixed_batch(tmp_path):
 
 
 def test_lr_schedule_and_param_groups():
-    lrs = [_lr_at(s, 100, 1e-3, 10) for s in range(100)]
+    lrs = [lr_at(s, 100, 1e-3, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert max(lrs) == pytest.approx(1e-3) and lrs[-1] < 1e-5
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
@@ -116,7 +116,7 @@ def test_finetune_runs_on_real_data(data_root, tmp_path, dataset, split):
 def test_default_job_builds_every_family_at_48px(name, patch):
     """The README's job with ``--model NAME`` and its defaults (48 px, patch 6) builds a model
     of every family that runs on 48 px inputs (CrossViT needed a patch pair, the hybrid none)."""
-    model = _build_model(FinetuneConfig(model=name), 7)
+    model = build_model(FinetuneConfig(model=name), 7)
     assert getattr(getattr(model, "cfg", None), "patch_size", None) == patch
     with torch.no_grad():
         assert model(torch.randn(2, 3, 48, 48)).shape == (2, 7)

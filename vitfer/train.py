@@ -4,6 +4,4 @@
 """
 from vitfer.engine import *  # noqa: F401,F403
 from vitfer.engine import __all__  # noqa: F401
-from vitfer.runtime import resolve_device as _device  # noqa: F401
-from vitfer.engine.loop import _lr_at  # noqa: F401
-from vitfer.engine.model import build_model as _build_model  # noqa: F401
+from vitfer.engine.loop import lr_at  # noqa: F401

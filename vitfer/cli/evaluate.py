@@ -29,6 +29,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward")
+    p.add_argument("--amp", default=None, choices=("auto", "none", "bf16"),
+                   help="precision (default: the run's own, so its test accuracy is reproduced; fp32 for checkpoints "
+                   "without a run)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -39,14 +42,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate_checkpoint(
         args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split, part=args.part,
         fold=args.fold, n_folds=args.n_folds, seed=args.seed, device=args.device, batch_size=args.batch_size,
+        amp=args.amp,
     )
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
     where = f"{res['dataset']}, " + ("all images" if res["split"] == "all" else f"{res['part']} part of the {res['split']} split")
     if "fold" in res:
-        where += f" (fold {res['fold']} of {res['n_folds']})"
-    print(f"{res['model']} on {where}, seed {res['seed']}")
+        where += f" (fold {res['fold']}, folds 0-{res['n_folds'] - 1})"
+    precision = "bf16 autocast" if res.get("amp") == "bf16" else "fp32"
+    print(f"{res['model']} on {where}, seed {res['seed']}, {res['img_size']} px, {precision}")
     if "cross_dataset" in res:
         c = res["cross_dataset"]
         print(f"shared expressions: {', '.join(c['shared'])}; left out: {', '.join(c['dataset_only']) or 'none'} "

@@ -5,36 +5,55 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from vitfer.cli._common import _PARSERS, _explicit_args, _fold, _format_metrics, _size
 from vitfer.cli._logging import _progress_to_stdout
 
 
 class _Progress:
-    """The CLI's view of a run (an engine :class:`~vitfer.engine.Callback`): a tqdm bar per epoch
-    (batch loss and accuracy, images/s, time left) where stderr is a terminal; elsewhere the engine's one line an
-    epoch is enough."""
+    """The CLI's view of a run (an engine :class:`~vitfer.engine.Callback`): where stderr is a
+    terminal, a tqdm bar per epoch (batch loss and accuracy, images/s, time left); elsewhere (a log
+    file, CI) a line on stdout every ``every_s`` seconds within an epoch, since an epoch of a long
+    run can take minutes; the engine's line an epoch comes on top. Remembers the run folder, so an
+    interrupted run can say how to resume it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tty: bool, every_s: float = 30.0) -> None:
+        self.tty, self.every_s = tty, every_s
         self.bar = None
+        self.out_dir: Optional[str] = None
+        self._t0 = self._last = 0.0
+        self._seen = 0
 
     def on_train_start(self, info: dict[str, Any]) -> None:
-        pass
+        self.out_dir = info.get("out_dir")
 
     def on_epoch_start(self, info: dict[str, Any]) -> None:
-        from tqdm.auto import tqdm
+        self._t0 = self._last = time.monotonic()
+        self._seen = 0
+        if self.tty:
+            from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=info["steps_per_epoch"], desc=f"epoch {info['epoch']}/{info['epochs']}",
-                        unit="step", leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=info["steps_per_epoch"], desc=f"epoch {info['epoch']}/{info['epochs']}",
+                            unit="step", leave=False, dynamic_ncols=True)
 
     def on_step(self, info: dict[str, Any]) -> None:
+        self._seen += info["images"]
         if self.bar is not None:
             self.bar.update(1)
             rate = self.bar.format_dict.get("rate") or 0.0
             self.bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info.get('accuracy', 0.0):.2f}",
                                  img_s=f"{rate * info['images']:.0f}", refresh=False)
+            return
+        now = time.monotonic()
+        if not self.tty and now - self._last >= self.every_s:
+            self._last = now
+            done = (info["step"] - 1) % info["steps_per_epoch"] + 1
+            print(f"  epoch {info['epoch']}/{info['epochs']} step {done}/{info['steps_per_epoch']}: loss "
+                  f"{info['loss']:.4f} acc {info.get('accuracy', 0.0):.3f} ({self._seen / max(now - self._t0, 1e-9):.0f} "
+                  f"img/s)", flush=True)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         if self.bar is not None:
@@ -49,13 +68,15 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     from vitfer.engine import AMP_MODES, DATASET_KINDS, OPTIMIZERS, SPLIT_KINDS, FinetuneConfig
     from vitfer.engine.config import HEADS, RECIPES, SCHEDULES
 
-    d = FinetuneConfig()
+    d = FinetuneConfig.from_recipe("scratch")  # what `vitfer finetune` with no option runs
     p = sub.add_parser(
         "finetune",
         help="fine-tune a model on FER data (default: the built-in synthetic faces)",
         description="Fine-tune a model. Writes a run folder (--out, default a new runs/<model>-<dataset>-<time>): "
-        "config.json, metrics.jsonl (per epoch), model.safetensors (best epoch on the validation part) and "
-        "metrics.json (test accuracy, UAR, macro-F1, per-class accuracy, confusion matrix).",
+        "config.json (the run's settings, resolved), metrics.jsonl (per epoch), model.safetensors (best epoch on the "
+        "validation part) and metrics.json (test accuracy, UAR, macro-F1, per-class accuracy, confusion matrix, the "
+        "split). The defaults shown are the values the default run uses (the scratch recipe on the synthetic faces); "
+        "another --dataset or --recipe brings its own (see --recipe), and every option given overrides them.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
@@ -83,6 +104,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="--dataset folder or jaffe: train on the largest face OpenCV's Haar cascade finds in each photo "
                    "(images without one are skipped and listed); needs the detect extra. The scratch recipe crops "
                    "JAFFE's faces (--no-crop-faces keeps the whole photo)")
+    p.add_argument("--face-margin", type=float, default=d.face_margin,
+                   help="with --crop-faces: margin around each detected face, as a fraction of its size (the "
+                   "scratch recipe uses 0.0 on JAFFE); recorded in the checkpoint so vitfer predict --detect crops alike")
     p.add_argument("--split", default=d.split, choices=SPLIT_KINDS,
                    help="random (the study's), subject (no person on both sides), kfold, subject-kfold, official "
                    "(FER-2013's Usage column, or a folder with train/ and test/)")
@@ -103,8 +127,12 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain", default=d.pretrain, metavar="DATASET",
                    help="first train the same model with the same recipe on DATASET (synthetic, ckplus48, jaffe, "
                    "fer2013; found beside --data-dir or in $VITFER_DATA_DIR), in the run folder's pretrain-DATASET, "
-                   "then start from its weights. The scratch recipe pretrains JAFFE runs on CK+48; 'none' turns it off")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+                   "then start from its weights. The stage takes the recipe's values for DATASET and the training "
+                   "options given here (--epochs, --batch-size, --lr, ...); it never pretrains itself and never sees "
+                   "this run's validation or test images. The scratch recipe pretrains JAFFE runs on CK+48; 'none' "
+                   "turns it off")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="training epochs (with --resume: a larger number extends the run, a finished one too)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimiser step")
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimiser (sgd: momentum 0.9)")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
@@ -114,7 +142,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head", default=d.head, choices=HEADS,
                    help="linear, mlp (hidden layers 512, 256) or svm (linear SVM on frozen features; needs "
                    "--freeze backbone and the svm extra)")
-    p.add_argument("--lr", type=float, default=None, help="peak lr (default: 1e-3 for CNNs, 1e-4 for transformers)")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help="peak lr (without a recipe and without --lr: 1e-3 for CNNs, 1e-4 for transformers)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="decoupled weight decay (none on biases, norms, tokens, position embeddings)")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
@@ -143,28 +172,22 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> "Any":
     """The :class:`~vitfer.engine.FinetuneConfig` that ``vitfer finetune`` runs for ``args``: the
-    recipe's values (``scratch`` without ``--pretrained``), then the options given; with
-    ``--resume`` the stored run's config, then the options given."""
+    recipe's values (``scratch`` without ``--pretrained``), then the options the command line sets
+    (the others keep the recipe's values, or FinetuneConfig's without a recipe); with ``--resume``
+    the stored run's resolved config, then the options given (a larger ``--epochs`` extends it)."""
     import dataclasses
 
-    from vitfer.engine import FinetuneConfig
+    from vitfer.engine import FinetuneConfig, config_from_dict
 
     pretrained: Any = False
     if args.pretrained:
         pretrained = True if args.pretrained == "hub" else args.pretrained
-    given = dict(
-        model=args.model, dataset=args.dataset, data_dir=args.data_dir, labels=args.labels,
-        subject_pattern=args.subject_pattern, crop_faces=args.crop_faces, split=args.split, fold=args.fold,
-        n_folds=args.n_folds, val_size=args.val_size, img_size=args.img_size,
-        patch_size=args.patch_size, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix,
-        drop_path_rate=args.drop_path_rate, ema=args.ema, synthetic_n=args.synthetic_n, seed=args.seed, device=args.device,
-        amp=args.amp, out_dir=args.out, overwrite=args.overwrite, momentum=args.momentum, schedule=args.schedule,
-        freeze=args.freeze, head=args.head, pretrain=None if args.pretrain in (None, "none") else args.pretrain,
-    )
+    given = {k: getattr(args, k) for k in _CONFIG_OPTIONS}
+    given.update(data_dir=args.data_dir, out_dir=args.out, pretrained=pretrained,
+                 pretrain=None if args.pretrain in (None, "none") else args.pretrain)
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     explicit = {{"out": "out_dir"}.get(k, k) for k in _explicit_args("finetune", args.argv)} & fields
+    chosen = {k: given[k] for k in explicit if k in given}
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise ValueError(f"--resume {args.resume} and --out {args.out} name different folders")
@@ -174,30 +197,57 @@ def config_from_args(args: argparse.Namespace) -> "Any":
             raise ValueError(f"--resume {args.resume}: no run there (no config.json)") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--resume {args.resume}: its config.json is unreadable ({e})") from e
-        values = {k: v for k, v in stored.items() if k in fields}
-        values.update({k: given[k] for k in explicit if k in given})
-        values["out_dir"] = args.resume
-        cfg = FinetuneConfig(**values)
-    else:
-        if args.fold == "all":
-            given["fold"] = 0
-        recipe = args.recipe or ("scratch" if not pretrained else None)
-        if recipe:  # the recipe's defaults, then what the command line sets
-            cfg = FinetuneConfig.from_recipe(recipe, **{k: given[k] for k in explicit if k in given})
-        else:
-            cfg = FinetuneConfig(**given)
-    return cfg
+        return dataclasses.replace(config_from_dict({**stored, **chosen}), out_dir=args.resume)
+    if args.fold == "all":
+        chosen["fold"] = 0
+    recipe = args.recipe or ("scratch" if not pretrained else None)
+    if recipe:  # the recipe's defaults, then what the command line sets
+        return FinetuneConfig.from_recipe(recipe, **chosen)
+    return FinetuneConfig(**chosen)
+
+
+#: ``vitfer finetune`` options that are config fields of the same name.
+_CONFIG_OPTIONS = (
+    "model", "dataset", "labels", "subject_pattern", "crop_faces", "split", "fold", "n_folds", "val_size", "img_size",
+    "patch_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_steps", "label_smoothing", "mixup",
+    "cutmix", "drop_path_rate", "ema", "synthetic_n", "seed", "device", "amp", "overwrite", "momentum", "schedule",
+    "freeze", "head", "face_margin",
+)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from vitfer.engine import finetune, run_folds
-
     cfg = config_from_args(args)
+    if not cfg.out_dir and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # chosen here, so that an interrupted run can name the folder to resume
+        from vitfer.engine import default_out_dir
+
+        cfg = dataclasses.replace(cfg, out_dir=str(default_out_dir(cfg, label=cfg.split if args.fold == "all" else "")))
     if not args.quiet:
         _progress_to_stdout("vitfer.engine", "vitfer.data")
-    callbacks = [_Progress()] if not args.quiet and sys.stderr.isatty() else []
+    progress = _Progress(tty=sys.stderr.isatty())
+    callbacks = [progress] if not args.quiet else []
+    try:
+        return _run(args, cfg, callbacks)
+    except KeyboardInterrupt:
+        from vitfer.engine import STATE_FILE
+
+        where = cfg.out_dir
+        if where and (Path(where) / "config.json").is_file():
+            kept = "every finished epoch" if (Path(where) / STATE_FILE).is_file() else "its settings"
+            print(f"vitfer finetune: interrupted; {where} keeps {kept} (and any pretraining stage its own epochs): "
+                  f"continue with vitfer finetune --resume {where}", file=sys.stderr)
+        else:
+            print("vitfer finetune: interrupted before the run folder was written (nothing to resume)", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, cfg: Any, callbacks: list) -> int:
+    import dataclasses
+
+    from vitfer.engine import finetune, run_folds
+
     if args.fold == "all":
         if not cfg.out_dir:
             from vitfer.engine import default_out_dir

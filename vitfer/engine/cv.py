@@ -20,10 +20,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import FinetuneConfig, RunFolderError
-from .loop import Callback, finetune
+from .config import FinetuneConfig
+from .loop import Callback
 from .metrics import classification_metrics
-from .runs import STATE_FILE, config_differences
+from .run import run_or_reuse
 
 __all__ = ["fold_dir", "run_folds", "summarize_folds"]
 
@@ -32,26 +32,6 @@ _logger = logging.getLogger(__name__)
 
 def fold_dir(out: Path, fold: int) -> Path:
     return Path(out) / f"fold-{fold}"
-
-
-def _fold_status(cfg: FinetuneConfig, folder: Path) -> str:
-    """``new``, ``finished``, ``resume`` or ``restart`` for a fold folder, after checking that a
-    run already there has this fold's config."""
-    try:
-        state = json.loads((folder / "config.json").read_text())
-    except FileNotFoundError:
-        return "new"
-    except (OSError, ValueError) as e:
-        raise RunFolderError(f"{folder}/config.json is unreadable ({e}); pass --overwrite to start the fold again") from e
-    diff = config_differences(state.get("config", {}), asdict(cfg))
-    if diff:
-        raise RunFolderError(
-            f"{folder} holds a run of another config ({'; '.join(diff)}); pass --overwrite to replace every fold, "
-            f"or choose another --out"
-        )
-    if state.get("status") == "finished" and (folder / "metrics.json").is_file():
-        return "finished"
-    return "resume" if (folder / STATE_FILE).is_file() else "restart"
 
 
 def run_folds(cfg: FinetuneConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
@@ -65,16 +45,8 @@ def run_folds(cfg: FinetuneConfig, *, callbacks: Sequence[Callback] = ()) -> dic
     results = []
     for k in range(cfg.n_folds):
         fcfg = replace(cfg, fold=k, out_dir=str(fold_dir(out, k)))
-        status = "new" if cfg.overwrite else _fold_status(fcfg, Path(fcfg.out_dir))
-        if status == "finished":
-            _logger.info("fold %d/%d already finished: %s", k + 1, cfg.n_folds, fcfg.out_dir)
-            results.append(json.loads((Path(fcfg.out_dir) / "metrics.json").read_text()))
-            continue
-        _logger.info("fold %d/%d (%s): %s", k + 1, cfg.n_folds, status, fcfg.out_dir)
-        if status == "resume":
-            results.append(finetune(fcfg, resume=True, callbacks=callbacks))
-        else:
-            results.append(finetune(replace(fcfg, overwrite=True), callbacks=callbacks))
+        _logger.info("fold %d (folds 0-%d): %s", k, cfg.n_folds - 1, fcfg.out_dir)
+        results.append(run_or_reuse(fcfg, callbacks=callbacks, overwrite=cfg.overwrite))
     summary = summarize_folds(results, cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
         write_summary(out, summary)

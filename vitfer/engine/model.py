@@ -74,18 +74,6 @@ def _config_fields(spec) -> set[str]:
     return set(getattr(cfg, "__dataclass_fields__", {}))
 
 
-def default_lr(model: nn.Module) -> float:
-    """Peak AdamW learning rate when none is given: 1e-3 for CNNs, 1e-4 for transformers.
-
-    Measured on CK+48 from scratch on a 2-core CPU: small ViT / ConViT stay at chance at 3e-4 and
-    above without long warm-up, and learn at 1e-4; ResNets learn fast at 1e-3.
-    """
-    from vitfer.models import get_model_spec
-
-    family = get_model_spec(getattr(model, "model_name", "") or "vit_tiny_patch16_224").family
-    return 1e-3 if family in ("resnet", "vgg") else 1e-4
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases, norms, tokens and position embeddings."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()

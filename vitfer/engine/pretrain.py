@@ -9,32 +9,26 @@ two datasets' classes differ.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from .config import RECIPES, FinetuneConfig
+from .config import RECIPES, STAGE_OPTIONS, STAGE_SHARED, FinetuneConfig
 
 _logger = logging.getLogger(__name__)
-
-#: Fields a pretraining run shares with the run it serves (the model and how it is trained).
-_SHARED = ("model", "model_overrides", "img_size", "patch_size", "seed", "device", "amp", "num_workers")
-
 
 def _dataset_root(cfg: FinetuneConfig) -> Optional[str]:
     """Where the pretraining dataset is: the run's ``data_dir`` when it holds it (or the folder
     around it, where datasets usually sit side by side), else ``$VITFER_DATA_DIR``."""
     if cfg.pretrain == "synthetic":
         return None
-    from vitfer.data import load_dataset
-    from vitfer.data.datasets import DatasetError
+    from vitfer.data import find_dataset
 
     candidates = []
     if cfg.data_dir:
@@ -42,22 +36,8 @@ def _dataset_root(cfg: FinetuneConfig) -> Optional[str]:
         candidates += [d, d.parent]
     if os.environ.get("VITFER_DATA_DIR"):
         candidates.append(Path(os.environ["VITFER_DATA_DIR"]))
-    if cfg.pretrain == "fer2013":
-        candidates = [c for c in candidates if (c / "fer2013.csv").is_file() or c.suffix == ".csv"]
-        return str(candidates[0]) if candidates else None
-    quiet = logging.getLogger("vitfer.data")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)  # the probe's "loaded ..." line would read as a second dataset
-    try:
-        for c in candidates:
-            try:
-                load_dataset(cfg.pretrain, c, image_size=8)  # a cheap check: it finds and names the images
-            except (DatasetError, OSError, ValueError):
-                continue
-            return str(c)
-    finally:
-        quiet.setLevel(level)
-    return None
+    found = find_dataset(cfg.pretrain, candidates)
+    return str(found) if found is not None else None
 
 
 def pretrain_folder(cfg: FinetuneConfig, out_dir: Path) -> Path:
@@ -72,9 +52,18 @@ def pretrain_folder(cfg: FinetuneConfig, out_dir: Path) -> Path:
 
 
 def pretrain_config(cfg: FinetuneConfig, out_dir: Path) -> FinetuneConfig:
-    """The config of ``cfg``'s pretraining run: its recipe's values for the pretraining dataset
-    (or ``cfg``'s own hyper-parameters without a recipe), the same model, sizes, seed and device,
-    a random split, in :func:`pretrain_folder`."""
+    """The config of ``cfg``'s pretraining stage, in :func:`pretrain_folder`, on a random split of
+    the pretraining dataset:
+
+    - the model and how it runs (:data:`STAGE_SHARED`: model, sizes, seed, device, precision) are
+      the run's;
+    - under a recipe, the recipe's values for the pretraining dataset, then the options the user
+      set on the run among :data:`STAGE_OPTIONS` (``--epochs 1`` pretrains one epoch too);
+      without a recipe, the run's own hyper-parameters;
+    - pretraining does not cascade: the stage has no pretraining of its own, whatever the recipe
+      says for its dataset (CK+48 under JAFFE's recipe would otherwise pretrain on the run's
+      own images).
+    """
     assert cfg.pretrain
     root = _dataset_root(cfg)
     if cfg.pretrain != "synthetic" and root is None:
@@ -83,42 +72,16 @@ def pretrain_config(cfg: FinetuneConfig, out_dir: Path) -> FinetuneConfig:
                          f"({where}, $VITFER_DATA_DIR={os.environ.get('VITFER_DATA_DIR', 'unset')}); put the "
                          f"{cfg.pretrain} folder beside the run's data or set VITFER_DATA_DIR, or pass --pretrain none to "
                          f"train without it")
-    shared = {k: getattr(cfg, k) for k in _SHARED}
+    shared = {k: getattr(cfg, k) for k in STAGE_SHARED}
     where = dict(dataset=cfg.pretrain, data_dir=root, split="random", out_dir=str(pretrain_folder(cfg, out_dir)),
-                 overwrite=True)
+                 overwrite=True, pretrain=None)
     if cfg.recipe in RECIPES:
-        return FinetuneConfig.from_recipe(cfg.recipe, **shared, **where)
-    own = {k: v for k, v in asdict(cfg).items() if k not in ("pretrain", "crop_faces", "labels", "subject_pattern",
-                                                              "fold", "test_size", "max_steps")}
+        taken = {k: getattr(cfg, k) for k in STAGE_OPTIONS if k in cfg.user_set}
+        return FinetuneConfig.from_recipe(cfg.recipe, **{**taken, **shared, **where})
+    own = {k: v for k, v in asdict(cfg).items() if k not in ("crop_faces", "labels", "subject_pattern", "fold",
+                                                              "test_size", "user_set", "exclude_images")}
     own.update(shared, **where)
     return FinetuneConfig(**own)
-
-
-def run_pretraining(cfg: FinetuneConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> tuple[Path, list[str]]:
-    """Train (or resume, or reuse) the pretraining run of ``cfg``; returns its checkpoint and
-    class names."""
-    from .loop import finetune
-    from .runs import config_differences
-
-    pre = pretrain_config(cfg, out_dir)
-    folder = Path(pre.out_dir)
-    ckpt = folder / "model.safetensors"
-    try:
-        stored = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        stored = None
-    same = stored is not None and not config_differences(stored.get("config", {}), asdict(pre))
-    if same and stored.get("status") == "finished" and ckpt.is_file():
-        _logger.info("pretraining on %s: reusing the finished run in %s", cfg.pretrain, folder)
-        res = json.loads((folder / "metrics.json").read_text())
-    else:
-        resume = same and (folder / "state.safetensors").is_file()
-        _logger.info("pretraining on %s first (%s epochs, run folder %s)%s", cfg.pretrain, pre.epochs, folder,
-                     ": resuming" if resume else "")
-        res = finetune(pre, resume=resume, callbacks=callbacks)
-        _logger.info("pretraining on %s done: test accuracy %.3f; now training on %s", cfg.pretrain,
-                     res["test"]["accuracy"], cfg.dataset)
-    return ckpt, list(res.get("classes") or res.get("class_names") or [])
 
 
 def load_pretraining(model: nn.Module, cfg: FinetuneConfig, ckpt: Path, pre_classes: Sequence[str],

@@ -10,7 +10,7 @@ from typing import Any, Union
 
 import torch
 
-from .config import RUN_FILES, FinetuneConfig, RunFolderError
+from .config import BOOKKEEPING, RUN_FILES, FinetuneConfig, RunFolderError, config_from_dict, resolve_config
 
 _logger = logging.getLogger(__name__)
 
@@ -40,13 +40,16 @@ def prepare_run_folder(out_dir: Union[str, os.PathLike], overwrite: bool = False
     """Make ``out_dir`` ready for a new run.
 
     A folder that holds another run's files (:data:`RUN_FILES`) is an error unless ``overwrite``,
-    which deletes those files first, so that the folder never mixes files of two runs (a run that
-    fails later leaves only its own files, its ``config.json`` saying that it failed).
+    which deletes those files first, with the state to resume from and a cross-validation's
+    summary (:data:`REPLACED_FILES`), so that the folder never mixes files of two runs: a run that
+    fails later leaves only its own files, its ``config.json`` saying that it failed, and a
+    ``--resume`` after an interrupted ``--overwrite`` never continues the run that was replaced.
+    Sub-folders (folds, pretraining stages) are runs of their own, checked when they run.
     """
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output folder {out} is a file")
-    found = [f for f in RUN_FILES if (out / f).exists()]
+    found = [f for f in REPLACED_FILES if (out / f).exists()]
     if found:
         if not overwrite:
             what = ""
@@ -59,8 +62,9 @@ def prepare_run_folder(out_dir: Union[str, os.PathLike], overwrite: bool = False
                 f"output folder {out} already holds a run{what}: {', '.join(found)}; pass --overwrite "
                 f"(overwrite=True) to replace it, or choose another --out"
             )
-        for f in found:
-            (out / f).unlink()
+        for f in REPLACED_FILES:
+            if (out / f).exists():
+                (out / f).unlink()
         _logger.info("replacing the previous run in %s", out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -68,8 +72,10 @@ def prepare_run_folder(out_dir: Union[str, os.PathLike], overwrite: bool = False
 
 # -- resume state ------------------------------------------------------------------------------
 STATE_FILE = "state.safetensors"
+#: What ``overwrite`` deletes: the run's files, its resume state and a cross-validation's summary.
+REPLACED_FILES = RUN_FILES + (STATE_FILE, "summary.json", "summary.md")
 #: Config fields that may differ when a run is resumed (they do not change its numbers).
-RESUMABLE_CHANGES = ("out_dir", "overwrite", "num_workers", "device")
+RESUMABLE_CHANGES = BOOKKEEPING + ("num_workers", "device")
 
 
 def _rng_tensors() -> dict[str, "torch.Tensor"]:
@@ -178,6 +184,36 @@ def load_train_state(
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     _set_rng(tensors, info["rng"])
     return info
+
+
+def run_status(cfg: FinetuneConfig, folder: Union[str, os.PathLike], *, other: str = "raise") -> str:
+    """``new``, ``finished``, ``resume`` or ``restart`` for the run ``cfg`` in ``folder``. A folder
+    holding a run of another config is an error naming the differing fields (``other="raise"``)
+    or to be restarted (``other="restart"``)."""
+    from dataclasses import asdict
+
+    folder = Path(folder)
+    try:
+        state = json.loads((folder / "config.json").read_text())
+        stored = asdict(resolve_config(config_from_dict(state["config"])))
+    except FileNotFoundError:
+        return "new"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if other == "restart":
+            return "restart"
+        raise RunFolderError(f"{folder}/config.json is unreadable ({e}); pass --overwrite to start it again") from e
+    diff = config_differences(stored, asdict(resolve_config(cfg)))
+    if diff:
+        if other == "restart":
+            _logger.info("%s holds a run of another config (%s): training it again", folder, "; ".join(diff))
+            return "restart"
+        raise RunFolderError(
+            f"{folder} holds a run of another config ({'; '.join(diff)}); pass --overwrite to replace it, or choose "
+            f"another --out"
+        )
+    if state.get("status") == "finished" and (folder / "metrics.json").is_file():
+        return "finished"
+    return "resume" if (folder / STATE_FILE).is_file() else "restart"
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .config import FinetuneConfig
-from .cv import _fold_status, fold_dir, run_folds
+from .cv import fold_dir, run_folds
+from .run import run_or_reuse
+from .runs import run_status
 
 __all__ = [
     "STUDY_MODELS", "STUDY_RESULTS", "QUICK_MODELS", "StudyConfig", "StudyCell", "run_study", "study_cells",
@@ -185,17 +187,6 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
     return cells
 
 
-def _run_one(cfg: FinetuneConfig, overwrite: bool, callbacks: Sequence[Any]) -> tuple[dict[str, Any], str]:
-    from .loop import finetune
-
-    status = "new" if overwrite else _fold_status(cfg, Path(cfg.out_dir))
-    if status == "finished":
-        return json.loads((Path(cfg.out_dir) / "metrics.json").read_text()), status
-    if status == "resume":
-        return finetune(cfg, resume=True, callbacks=callbacks), status
-    return finetune(replace(cfg, overwrite=True), callbacks=callbacks), status
-
-
 def run_study(
     cfg: StudyConfig,
     *,
@@ -224,7 +215,7 @@ def run_study(
             on_cell(cell, "start", None)
         folds = [(replace(cell.cfg, fold=k, out_dir=str(fold_dir(cell.out_dir, k))), fold_dir(cell.out_dir, k))
                  for k in range(cell.cfg.n_folds)] if cell.protocol == "subject" else [(cell.cfg, cell.out_dir)]
-        done = not cfg.overwrite and all(_fold_status(c, d) == "finished" for c, d in folds)
+        done = not cfg.overwrite and all(run_status(c, d) == "finished" for c, d in folds)
         res: Optional[dict[str, Any]]
         if not train:
             res = None
@@ -232,7 +223,7 @@ def run_study(
                 loaded = [json.loads((d / "metrics.json").read_text()) for _, d in folds]
                 res = loaded[0] if cell.protocol == "main" else summarize_folds(loaded, cell.cfg)
         elif cell.protocol == "main":
-            res, _ = _run_one(cell.cfg, cfg.overwrite, callbacks)
+            res = run_or_reuse(cell.cfg, callbacks=callbacks, overwrite=cfg.overwrite)
         else:
             res = run_folds(replace(cell.cfg, overwrite=cfg.overwrite), callbacks=callbacks)
         results.append((cell, res))
@@ -391,8 +382,9 @@ def tables_markdown(rows: Sequence[dict[str, Any]], meta: Optional[dict[str, Any
         lines.append("`-` in our columns: a cell not finished yet (the tables were written with `--tables-only`); "
                      "run the same `vitfer study` command to train it.")
         lines.append("")
-    lines.append("Training time: the training epochs of the run (validation included, test excluded), as measured "
-                 "on the machine named above.")
+    device = (meta or {}).get("device")
+    lines.append("Training time: the training epochs of the run (the optimiser steps: validation and test excluded), "
+                 f"as measured on {device or 'the machine that ran it'}.")
     return "\n".join(lines) + "\n"
 
 
@@ -401,11 +393,20 @@ _CSV_FIELDS = ("dataset", "no", "study_model", "study_accuracy", "study_time", "
                "subject_accuracy_std", "subject_folds", "subject_train_time_s", "run_dir", "subject_dir")
 
 
+def _csv_value(v: Any) -> Any:
+    """A CSV cell: dicts as JSON, floats to 4 decimals (27.5, not 27.500000000000004)."""
+    if isinstance(v, dict):
+        return json.dumps(v)
+    if isinstance(v, float):
+        return round(v, 4)
+    return v
+
+
 def tables_csv(rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (json.dumps(r[k]) if isinstance(r.get(k), dict) else r.get(k)) for k in _CSV_FIELDS})
+        w.writerow({k: _csv_value(r.get(k)) for k in _CSV_FIELDS})
     return buf.getvalue()
 

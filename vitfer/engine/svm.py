@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from vitfer.runtime import autocast
 
-from .metrics import evaluate
+if TYPE_CHECKING:
+    from .loop import RunContext
 
 __all__ = ["C_GRID", "fit_svm_head", "linear_svm"]
 
@@ -74,11 +73,11 @@ def _accuracy(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> flo
     return float(((x @ w.T + b).argmax(1) == y).mean())
 
 
-def fit_svm_head(cfg, model, data, split, train_set, val_set, test_set, dist, out_dir: Path) -> dict[str, Any]:
-    from vitfer.weights import load, save
-
-    from .loop import run_result
-
+def fit_svm_head(ctx: "RunContext") -> dict[str, Any]:
+    """Fit the linear SVM head of ``ctx.model`` on its frozen features, save and test it; returns
+    the ``C`` grid, the chosen ``C``, the fitting time and the ``test`` metrics."""
+    cfg, model, data, split, dist = ctx.cfg, ctx.model, ctx.data, ctx.split, ctx.dist
+    val_set, test_set = ctx.val_set, ctx.test_set
     device = dist.device
     head = model.get_classifier()
     if not isinstance(head, nn.Linear):
@@ -105,11 +104,7 @@ def fit_svm_head(cfg, model, data, split, train_set, val_set, test_set, dist, ou
         head.weight.copy_(torch.from_numpy(w).to(head.weight))
         head.bias.copy_(torch.from_numpy(b).to(head.bias))
     train_time = time.perf_counter() - t0
-    ckpt = out_dir / "model.safetensors"
-    if dist.is_main:
-        save(model, ckpt, class_names=list(data.classes), source=f"vitfer finetune on {cfg.dataset} (linear SVM head)",
-             dataset=cfg.dataset, split=cfg.split, finetune_config=asdict(cfg), svm_c=best_c)
+    ckpt = ctx.save_best(model, source=f"vitfer finetune on {cfg.dataset} (linear SVM head)", svm_c=best_c)
     dist.barrier()
-    test = evaluate(load(ckpt, map_location=device), test_set, device=device, num_classes=k, amp=cfg.amp)
-    return run_result(cfg, model, data, split, test, ckpt, out_dir, history=[], best_epoch=None,
-                      svm={"C": best_c, "grid": grid}, train_time_s=train_time)
+    return {"history": [], "best_epoch": None, "svm": {"C": best_c, "grid": grid}, "train_time_s": train_time,
+            "test": ctx.test(ckpt)}
