@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from vitfer.layers.drop_path import global_batch
 from vitfer.runtime import autocast
 
 from .config import FinetuneConfig, RunFolderError, TrainingError
-from .distributed import DistInfo
+from .distributed import BatchPart, DistInfo, batch_part
 from .ema import ModelEma
 from .metrics import evaluate
 from .mixing import mix_batch, soft_cross_entropy
@@ -46,16 +47,22 @@ def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosi
 class EpochBatchSampler(Sampler):
     """The training batches of one epoch: a permutation seeded by ``(seed, epoch)`` cut into
     global batches of ``batch_size``; with ``world > 1`` processes, rank ``r`` takes the ``r``-th
-    equal slice of every global batch. So the batches depend on the seed and the epoch alone
-    (nothing to save for an exact resume), and ``world`` processes see, together, exactly the
-    batches one process would."""
+    slice of every global batch (:meth:`part`: equal slices, except when a global batch smaller
+    than ``batch_size`` does not split evenly). So the batches depend on the seed and the epoch
+    alone (nothing to save for an exact resume), and ``world`` processes see, together, exactly
+    the batches one process would."""
 
     def __init__(self, n: int, batch_size: int, seed: int, *, drop_last: bool, rank: int = 0, world: int = 1) -> None:
         if batch_size % world:
             raise ValueError(f"batch_size {batch_size} must be a multiple of the {world} processes")
+        if n < world:
+            raise ValueError(f"the training part has {n} image{'s' * (n != 1)}, fewer than the {world} processes: "
+                             f"each process needs at least one image of every batch")
+        if not drop_last and 0 < n % batch_size < world:
+            raise ValueError(f"the last batch of an epoch ({n} images, batch_size {batch_size}) has {n % batch_size} "
+                             f"image(s), fewer than the {world} processes: pass drop_last=True")
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.drop_last = drop_last or world > 1  # equal slices on every rank
-        self.local = batch_size // world
+        self.drop_last = drop_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -64,12 +71,16 @@ class EpochBatchSampler(Sampler):
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
+    def part(self, b: int) -> BatchPart:
+        """This rank's slice of the ``b``-th global batch of an epoch."""
+        return batch_part(min(self.batch_size, self.n - b * self.batch_size), self.rank, self.world)
+
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63))
         perm = torch.randperm(self.n, generator=g).tolist()
         for b in range(len(self)):
-            batch = perm[b * self.batch_size:(b + 1) * self.batch_size]
-            yield batch[self.rank * self.local:(self.rank + 1) * self.local] if self.world > 1 else batch
+            part = self.part(b)
+            yield perm[b * self.batch_size:][part.start:part.stop]
 
 
 @dataclass
@@ -164,16 +175,18 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
         t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         for cb in callbacks:
             cb.on_epoch_start({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step, "steps_per_epoch": steps_per_epoch})
-        for x, y in loader:
+        for b, (x, y) in enumerate(loader):
             if step >= total:
                 break
+            part = sampler.part(b)  # this process's rows of the global batch
             for grp in opt.param_groups:
                 grp["lr"] = lr_at(step, total, peak_lr, min(cfg.warmup_steps, max(1, total // 5)), cfg.schedule)
             x, y = x.to(device), y.to(device)
             if cfg.mixup or cfg.cutmix:
-                x, target, _ = mix_batch(x, y, data.num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                                         smoothing=cfg.label_smoothing, seed=cfg.seed, step=step)
-            with autocast(device, cfg.amp):
+                x, target, _ = mix_batch(dist.gather(x, part), dist.gather(y, part), data.num_classes, mixup=cfg.mixup,
+                                         cutmix=cfg.cutmix, smoothing=cfg.label_smoothing, seed=cfg.seed, step=step,
+                                         rows=part.rows)
+            with autocast(device, cfg.amp), global_batch(part.start, part.total):
                 logits = train_model(x)
             if cfg.mixup or cfg.cutmix:
                 loss = soft_cross_entropy(logits, target)
@@ -186,7 +199,7 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
                     f"{opt.param_groups[0]['lr']:.3g}): lower the learning rate (--lr){kept}"
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * part.weight).backward()
             opt.step()
             step += 1
             if ema is not None:
