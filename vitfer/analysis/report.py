@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -61,27 +60,23 @@ def load_run(run_dir: Union[str, os.PathLike]) -> dict[str, Any]:
 
 
 def run_test_set(run: dict[str, Any], data_dir: Optional[str] = None, device: str = "cpu"):
-    """``(model, test_set)`` of a run: its best checkpoint and the test part of its split (with the
-    model's eval transform)."""
+    """``(model, test_set)`` of a run: its best checkpoint and the test part of its split, rebuilt
+    from the run's recorded config as training built it (:func:`vitfer.data.runs.run_data`: the
+    run's image size, face crops, split, fold and seed), checked against the test images the run
+    recorded, with the model's eval transform."""
     import vitfer
-    from vitfer.data import build_transforms, make_split
-    from vitfer.engine import FinetuneConfig, build_dataset
+    from vitfer.data import build_transforms
+    from vitfer.data.runs import check_split, run_data
 
     ckpt = run["dir"] / "model.safetensors"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{run['dir']} holds no model.safetensors")
     model = vitfer.load(ckpt, map_location=device)
-    known = {f.name for f in fields(FinetuneConfig)}
-    values = {k: v for k, v in run["config"].items() if k in known}
-    values.update(out_dir=None, overwrite=False, device="cpu", pretrained=False)
+    config = dict(run["config"])
     if data_dir is not None:
-        values["data_dir"] = data_dir
-    if isinstance(values.get("mlp_hidden"), list):
-        values["mlp_hidden"] = tuple(values["mlp_hidden"])
-    cfg = FinetuneConfig(**values)
-    data = build_dataset(cfg)
-    split = make_split(data, cfg.split, seed=cfg.seed, test_size=cfg.test_size, val_size=cfg.val_size,
-                       n_folds=cfg.n_folds, fold=cfg.fold)
+        config["data_dir"] = data_dir
+    data, split = run_data(config, image_size=int(model.pretrained_cfg["input_size"][-1]))
+    check_split(data, split, run["metrics"].get("split_record"), "test")
     test = data.subset(split["test"], transform=build_transforms(model.pretrained_cfg, train=False))
     return model, test
 
