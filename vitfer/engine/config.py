@@ -226,6 +226,23 @@ def default_lr(family: str) -> float:
     return 1e-3 if family in ("resnet", "vgg") else 1e-4
 
 
+def _pretrained_image_size(pretrained: Union[bool, str]) -> Optional[int]:
+    """The input size a vitfer checkpoint given as ``pretrained`` was made for (it is rebuilt at
+    that size), None for hub weights and other files (the registered model's size)."""
+    if not isinstance(pretrained, str) or not Path(pretrained).expanduser().is_file():
+        return None
+    from vitfer.weights.checkpoint import read_metadata
+
+    try:
+        info = read_metadata(pretrained)
+    except Exception:  # not a vitfer checkpoint (timm, torchvision ...): loading it says what is wrong
+        return None
+    size = (info.get("overrides") or {}).get("img_size")
+    if size is None:
+        size = (info.get("pretrained_cfg") or {}).get("input_size", [None])[-1]
+    return int(size[-1] if isinstance(size, (list, tuple)) else size) if size else None
+
+
 def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
     """``cfg`` with nothing left to work out, as the run uses it and records it (``config.json``,
     the checkpoint's ``finetune_config``), so that evaluation, the report, prediction, resume and
@@ -249,7 +266,7 @@ def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
     spec = model_spec(cfg.model)
     img, patch = cfg.sizes()
     if img is None:
-        img = int(spec.pretrained_cfg.input_size[-1])
+        img = _pretrained_image_size(cfg.pretrained) or int(spec.pretrained_cfg.input_size[-1])
     if patch is not None and patch_override(spec.family, patch) is None:
         patch = None  # the family has no patch size to set (CNNs, the hybrids)
     data_dir = cfg.data_dir

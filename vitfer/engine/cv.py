@@ -42,6 +42,10 @@ def run_folds(cfg: FinetuneConfig, *, callbacks: Sequence[Callback] = ()) -> dic
     if not cfg.out_dir:
         raise ValueError("running every fold needs an output folder (out_dir)")
     out = Path(cfg.out_dir).expanduser()
+    if cfg.overwrite:  # the folds start afresh (each fold folder is replaced when it runs); so does the summary
+        for name in ("summary.json", "summary.md"):
+            if (out / name).exists():
+                (out / name).unlink()
     results = []
     for k in range(cfg.n_folds):
         fcfg = replace(cfg, fold=k, out_dir=str(fold_dir(out, k)))
