@@ -23,28 +23,15 @@ datasets (``dataset.face_cropped``: CK+48, JAFFE, synthetic) want
 dataset's class names to one canonical vocabulary (:func:`canonical`, :func:`shared_classes`,
 :func:`class_index_map`) for cross-dataset evaluation.
 """
-from .datasets import (
-    CKPLUS48_CLASSES,
-    JAFFE_CLASSES,
-    JAFFE_CODES,
-    DATASET_KINDS,
-    DOMINANT_SIZE_SHARE,
-    PART_FOLDERS,
-    STUDY_TEST_SIZE,
-    FERDataset,
-    SkippedFilesWarning,
-    load_ckplus48,
-    fit_image,
-    load_dataset,
-    load_image_folder,
-    load_jaffe,
-    load_label_file,
-)
-from .fer2013 import FER2013_USAGES, load_fer2013
+from .base import STUDY_TEST_SIZE, FERDataset, SkippedFilesWarning
+from .ckplus48 import load_ckplus48
 from .expressions import (
     CANONICAL_EXPRESSIONS,
+    CKPLUS48_CLASSES,
     DATASET_EXPRESSIONS,
     FER2013_CLASSES,
+    JAFFE_CLASSES,
+    JAFFE_CODES,
     ClassIndexMap,
     UnknownExpressionError,
     canonical,
@@ -52,6 +39,12 @@ from .expressions import (
     class_index_map,
     shared_classes,
 )
+from .fer2013 import FER2013_USAGES, load_fer2013
+from .folder import PART_FOLDERS, load_image_folder
+from .jaffe import load_jaffe
+from .labels import load_label_file
+from .registry import DATASET_KINDS, find_dataset, load_dataset
+from .sizes import DOMINANT_SIZE_SHARE, fit_image
 from .io import IMAGE_EXTENSIONS, DatasetError, ImageDecodeError, image_to_tensor, load_image
 from .splits import ALL_SPLIT_KINDS, OFFICIAL_PARTS, SPLIT_KINDS, SplitError, iter_folds, make_split
 from .synthetic import SYNTHETIC_CLASSES, SyntheticFaces
@@ -102,6 +95,7 @@ __all__ = [
     "SplitError",
     "UnknownExpressionError",
     "load_dataset",
+    "find_dataset",
     "load_ckplus48",
     "load_jaffe",
     "load_image_folder",
