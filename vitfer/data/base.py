@@ -88,8 +88,10 @@ class FERDataset(Dataset):
             ``n_resized``, ``n_skipped``, ``class_counts`` (class -> count), ``image_size``
             (stored ``(H, W)``), ``resize`` (how the size was chosen: ``"image_size"``,
             ``"dominant size"`` or None), ``fit``, ``channels``, ``seconds``; ``part_counts``
-            for datasets with parts; ``n_rows``, ``n_bad_rows``, ``bad_rows`` for CSV
-            datasets. A view (:meth:`subset`) keeps the report of the whole dataset.
+            for datasets with parts; ``preprocess`` (the load-time step's label, e.g.
+            ``"face-cropped"``), ``n_preprocessed`` and ``n_preprocess_skipped`` (images it
+            kept and refused) with a load-time step; ``n_rows``, ``n_bad_rows``, ``bad_rows``
+            for CSV datasets. A view (:meth:`subset`) keeps the report of the whole dataset.
     """
 
     def __init__(
