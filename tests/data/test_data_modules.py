@@ -179,7 +179,8 @@ def test_no_import_circle_and_no_private_name_across_modules() -> None:
 
 
 def test_public_api_and_the_old_module_still_import() -> None:
-    from vitfer.data.datasets import DatasetError, FERDataset, fit_image as old_fit, load_dataset
+    from vitfer.data.datasets import DatasetError, FERDataset, load_dataset
+    from vitfer.data.datasets import fit_image as old_fit
 
     assert DatasetError is vitfer.data.DatasetError and FERDataset is vitfer.data.FERDataset
     assert old_fit is fit_image and load_dataset is vitfer.data.load_dataset
