@@ -77,7 +77,7 @@ def _mixed_folder(root: Path) -> None:
 # ----------------------------------------------------------------------------- 1. folders of photos
 def test_mixed_folder_resized_at_load_time(tmp_path: Path, caplog) -> None:
     _mixed_folder(tmp_path)
-    with caplog.at_level(logging.INFO, logger="vitfer.data.datasets"):
+    with caplog.at_level(logging.INFO, logger="vitfer.data"):
         with pytest.warns(SkippedFilesWarning) as record:
             ds = load_dataset("folder", tmp_path, image_size=24)
     text = str(record[0].message)
@@ -418,12 +418,13 @@ def test_no_warning_without_problems(tmp_path: Path) -> None:
 
 
 def test_differing_sizes_too_big_for_memory_are_refused_before_decoding(tmp_path: Path, monkeypatch) -> None:
-    import vitfer.data.datasets as datasets_module
+    import vitfer.data.loading as loading_module
+    import vitfer.data.sizes as sizes_module
 
     save(make_image("L", (20, 20), 1), tmp_path / "a" / "x.png")
     save(make_image("L", (30, 20), 2), tmp_path / "b" / "y.png")
-    monkeypatch.setattr(datasets_module, "_MAX_NATIVE_BYTES", 100)
-    monkeypatch.setattr(datasets_module, "load_image", lambda p: pytest.fail("decoded before the check"))
+    monkeypatch.setattr(sizes_module, "MAX_NATIVE_BYTES", 100)
+    monkeypatch.setattr(loading_module, "load_image", lambda p: pytest.fail("decoded before the check"))
     with pytest.raises(DatasetError, match="GiB decoded at their own size; pass --img-size"):
         load_dataset("folder", tmp_path)
 
@@ -447,7 +448,7 @@ def test_fit_image_crop_box_never_leaves_the_image() -> None:
     can't be negative`` out of load_dataset."""
     from PIL import Image
 
-    from vitfer.data.datasets import fit_image
+    from vitfer.data import fit_image
 
     for iw in range(1, 300):
         for ih in (1, 7, 100, 1000):

@@ -12,9 +12,13 @@ Typical use::
 ``SyntheticFaces`` is the built-in dataset that needs no files. Any folder of photos loads with
 ``load_dataset("folder", root, image_size=224)`` (each image resized at load time, shorter side
 then centre crop), FER-2013 with ``load_dataset("fer2013", "fer2013.csv")``, images listed in a
-CSV with ``load_dataset("labels", "labels.csv")``; ``make_split(ds, "official")`` uses a
-dataset's own parts (FER-2013's Usage, ``train/`` / ``val/`` / ``test/`` folders) and
-``subject_pattern=REGEX`` gives any folder or label file subjects for the subject splits.
+CSV with ``load_dataset("labels", "labels.csv")`` (or ``load_dataset("folder", None,
+labels="faces/labels.csv")``, the path relative to the current folder); ``make_split(ds,
+"official")`` uses a dataset's own parts (FER-2013's Usage, ``train/`` / ``val/`` / ``test/``
+folders) and ``subject_pattern=REGEX`` gives any folder or label file subjects for the subject
+splits. ``find_dataset(kind, candidates)`` says which of some folders holds a dataset without
+loading it; ``preprocess=FaceCropper(margin)`` (:mod:`vitfer.data.faces`) keeps the face of
+each photo at load time.
 
 Channels follow the model: ``build_transforms`` converts to the ``C`` of ``cfg["input_size"]``
 (:func:`to_channels`), so a grey model (``in_chans=1``) trains on the same datasets. Face-crop
@@ -22,29 +26,27 @@ datasets (``dataset.face_cropped``: CK+48, JAFFE, synthetic) want
 ``build_transforms(cfg, train=..., crop_pct=1.0)``. :mod:`vitfer.data.expressions` maps each
 dataset's class names to one canonical vocabulary (:func:`canonical`, :func:`shared_classes`,
 :func:`class_index_map`) for cross-dataset evaluation.
+
+Modules, each importing only those above it: :mod:`~vitfer.data.io` (decoding one file),
+:mod:`~vitfer.data.expressions` (class vocabularies), :mod:`~vitfer.data.transforms`,
+:mod:`~vitfer.data.base` (:class:`FERDataset`), :mod:`~vitfer.data.files` (listing a dataset's
+files), :mod:`~vitfer.data.messages` (error texts), :mod:`~vitfer.data.sizes` (the size
+policy), :mod:`~vitfer.data.loading` (decoding a file list, the load report), one module a
+loader (:mod:`~vitfer.data.ckplus48`, :mod:`~vitfer.data.jaffe`, :mod:`~vitfer.data.labels`,
+:mod:`~vitfer.data.folder`, :mod:`~vitfer.data.fer2013`), :mod:`~vitfer.data.registry`
+(:func:`load_dataset`, :func:`find_dataset`); beside them :mod:`~vitfer.data.splits`,
+:mod:`~vitfer.data.synthetic` and :mod:`~vitfer.data.faces` (face detection and crops, OpenCV
+imported when a detector is built). :mod:`vitfer.data.datasets` re-exports the names it held.
 """
-from .datasets import (
-    CKPLUS48_CLASSES,
-    JAFFE_CLASSES,
-    JAFFE_CODES,
-    DATASET_KINDS,
-    DOMINANT_SIZE_SHARE,
-    PART_FOLDERS,
-    STUDY_TEST_SIZE,
-    FERDataset,
-    SkippedFilesWarning,
-    load_ckplus48,
-    fit_image,
-    load_dataset,
-    load_image_folder,
-    load_jaffe,
-    load_label_file,
-)
-from .fer2013 import FER2013_USAGES, load_fer2013
+from .base import STUDY_TEST_SIZE, FERDataset, SkippedFilesWarning
+from .ckplus48 import load_ckplus48
 from .expressions import (
     CANONICAL_EXPRESSIONS,
+    CKPLUS48_CLASSES,
     DATASET_EXPRESSIONS,
     FER2013_CLASSES,
+    JAFFE_CLASSES,
+    JAFFE_CODES,
     ClassIndexMap,
     UnknownExpressionError,
     canonical,
@@ -52,6 +54,12 @@ from .expressions import (
     class_index_map,
     shared_classes,
 )
+from .fer2013 import FER2013_USAGES, load_fer2013
+from .folder import PART_FOLDERS, load_image_folder
+from .jaffe import load_jaffe
+from .labels import load_label_file
+from .registry import DATASET_KINDS, find_dataset, load_dataset
+from .sizes import DOMINANT_SIZE_SHARE, fit_image
 from .io import IMAGE_EXTENSIONS, DatasetError, ImageDecodeError, image_to_tensor, load_image
 from .splits import ALL_SPLIT_KINDS, OFFICIAL_PARTS, SPLIT_KINDS, SplitError, iter_folds, make_split
 from .synthetic import SYNTHETIC_CLASSES, SyntheticFaces
@@ -102,6 +110,7 @@ __all__ = [
     "SplitError",
     "UnknownExpressionError",
     "load_dataset",
+    "find_dataset",
     "load_ckplus48",
     "load_jaffe",
     "load_image_folder",

@@ -36,6 +36,9 @@ from dataclasses import dataclass
 __all__ = [
     "CANONICAL_EXPRESSIONS",
     "DATASET_EXPRESSIONS",
+    "CKPLUS48_CLASSES",
+    "JAFFE_CODES",
+    "JAFFE_CLASSES",
     "FER2013_CLASSES",
     "UnknownExpressionError",
     "ClassIndexMap",
@@ -52,6 +55,20 @@ CANONICAL_EXPRESSIONS: tuple[str, ...] = (
 
 #: FER2013's classes in its label order (0 = angry ... 6 = neutral), as the dataset names them.
 FER2013_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+#: CK+48's classes: its folder names, sorted (label order).
+CKPLUS48_CLASSES: tuple[str, ...] = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
+#: JAFFE's expression codes (second field of a file name) and their classes, in class order.
+JAFFE_CODES: dict[str, str] = {
+    "AN": "anger",
+    "DI": "disgust",
+    "FE": "fear",
+    "HA": "happy",
+    "NE": "neutral",
+    "SA": "sad",
+    "SU": "surprise",
+}
+#: JAFFE's classes, in the AN DI FE HA NE SA SU order.
+JAFFE_CLASSES: tuple[str, ...] = tuple(JAFFE_CODES.values())
 
 _SYNONYMS: dict[str, tuple[str, ...]] = {
     "anger": ("angry", "mad"),

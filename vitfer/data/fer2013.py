@@ -30,20 +30,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .datasets import (
-    _MAX_LISTED,
-    FERDataset,
-    SkippedFilesWarning,
-    _check_interp,
-    _parse_size,
-    _report,
-    _resolve_fit,
-    fit_image,
-)
+from .base import FERDataset, SkippedFilesWarning
 from .expressions import FER2013_CLASSES
 from .io import DatasetError
+from .loading import report
+from .messages import listing
+from .sizes import check_interp, fit_image, parse_size, resolve_fit
 
-__all__ = ["FER2013_USAGES", "FER2013_SIDE", "load_fer2013"]
+__all__ = ["FER2013_USAGES", "FER2013_SIDE", "resolve_csv", "find_fer2013_csv", "load_fer2013"]
 
 #: The Usage values of FER-2013, in official-split order (train, val, test).
 FER2013_USAGES: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
@@ -54,7 +48,9 @@ _USAGE_LOOKUP = {u.lower(): u for u in FER2013_USAGES}
 _HEADER = "emotion,pixels,Usage"
 
 
-def _resolve_csv(root: str | os.PathLike) -> Path:
+def resolve_csv(root: str | os.PathLike) -> Path:
+    """The FER-2013 CSV of ``root``: the file itself, or ``root/fer2013.csv``, or
+    ``root/fer2013/fer2013.csv``; a DatasetError naming the places looked in otherwise."""
     path = Path(root).expanduser()
     if path.is_file():
         return path
@@ -67,6 +63,33 @@ def _resolve_csv(root: str | os.PathLike) -> Path:
             f"CSV ({_HEADER}) or the folder that holds it"
         )
     raise DatasetError(f"FER-2013 not found: {path} (--data-dir must be fer2013.csv or the folder that holds it)")
+
+
+def _check_header(path: Path, header: list[str] | None) -> tuple[int, int, int | None, int]:
+    """Column indices of ``emotion``, ``pixels`` and ``Usage`` (None without it) and the field
+    count, from the header row; a DatasetError naming the file when it is not FER-2013's."""
+    names = [h.strip().lower() for h in header] if header else []
+    if "emotion" not in names or "pixels" not in names:
+        shown = ",".join(header)[:80] if header else "(empty file)"
+        raise DatasetError(f"{path} is not a FER-2013 CSV: line 1 is {shown!r}; expected the header {_HEADER}")
+    return names.index("emotion"), names.index("pixels"), names.index("usage") if "usage" in names else None, len(names)
+
+
+def find_fer2013_csv(root: str | os.PathLike) -> Path:
+    """The CSV that ``load_fer2013(root)`` reads, checked by its header line alone (cheap: the
+    rows are not read).
+
+    Raises:
+        DatasetError: no CSV there, it cannot be read, or its header is not FER-2013's.
+    """
+    path = resolve_csv(root)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"cannot read FER-2013 file {path}: {exc}") from exc
+    _check_header(path, header)
+    return path
 
 
 def _parse_row(
@@ -123,10 +146,10 @@ def load_fer2013(
             or (``strict=True``) any bad row.
     """
     t0 = time.perf_counter()
-    path = _resolve_csv(root)
-    size = _parse_size(image_size)
-    fit = _resolve_fit(fit, image_size)
-    _check_interp(interpolation)
+    path = resolve_csv(root)
+    size = parse_size(image_size)
+    fit = resolve_fit(fit, image_size)
+    check_interp(interpolation)
     n_pixels = FER2013_SIDE * FER2013_SIDE
     blocks: list[np.ndarray] = []
     block = np.empty((_BLOCK, n_pixels), dtype=np.uint8)
@@ -143,20 +166,12 @@ def load_fer2013(
     with f:
         reader = csv.reader(f)
         try:
-            header = next(reader, None)
-            names = [h.strip().lower() for h in header] if header else []
-            if "emotion" not in names or "pixels" not in names:
-                shown = ",".join(header)[:80] if header else "(empty file)"
-                raise DatasetError(
-                    f"{path} is not a FER-2013 CSV: line 1 is {shown!r}; expected the header {_HEADER}"
-                )
-            ie, ip = names.index("emotion"), names.index("pixels")
-            iu = names.index("usage") if "usage" in names else None
+            ie, ip, iu, n_fields = _check_header(path, next(reader, None))
             for row in reader:
                 if not row or not any(c.strip() for c in row):
                     continue
                 n_rows += 1
-                parsed = _parse_row(row, len(names), ie, ip, iu, n_pixels)
+                parsed = _parse_row(row, n_fields, ie, ip, iu, n_pixels)
                 if isinstance(parsed, str):
                     bad.append((reader.line_num, parsed))
                     continue
@@ -175,14 +190,12 @@ def load_fer2013(
         except UnicodeDecodeError as exc:
             raise DatasetError(f"{path} is not a text CSV file: {exc}") from exc
     if bad:
-        listing = [f"  line {line}: {reason}" for line, reason in bad[:_MAX_LISTED]]
-        if len(bad) > _MAX_LISTED:
-            listing.append(f"  ... and {len(bad) - _MAX_LISTED} more (all of them in dataset.bad_rows)")
+        rows = listing([(f"line {line}", reason) for line, reason in bad], more=" (all of them in dataset.bad_rows)")
         if strict:
-            raise DatasetError(f"{len(bad)} bad row(s) in {path} (strict=True):\n" + "\n".join(listing))
+            raise DatasetError(f"{len(bad)} bad row(s) in {path} (strict=True):\n" + rows)
         warnings.warn(
             f"skipped {len(bad)} of {n_rows} row(s) of {path} that are not valid FER-2013 rows "
-            f"(strict=True makes this an error):\n" + "\n".join(listing),
+            f"(strict=True makes this an error):\n" + rows,
             SkippedFilesWarning,
             stacklevel=3,
         )
@@ -213,6 +226,6 @@ def load_fer2013(
     )
     ds.bad_rows = bad  # type: ignore[attr-defined]
     extra: dict[str, Any] = {"n_rows": n_rows, "n_bad_rows": len(bad), "bad_rows": list(bad), "n_skipped": len(bad)}
-    _report(ds, n_files=1, n_resized=n_resized, resize="image_size" if n_resized else None, fit=fit,
+    report(ds, n_files=1, n_resized=n_resized, resize="image_size" if n_resized else None, fit=fit,
             seconds=time.perf_counter() - t0, **extra)
     return ds

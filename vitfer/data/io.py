@@ -60,6 +60,7 @@ __all__ = [
     "is_image_file",
     "load_image",
     "image_to_tensor",
+    "to_l_or_rgb",
 ]
 
 #: File extensions (lower case) that are treated as images when a folder is scanned.
@@ -172,8 +173,10 @@ def _composite(im: Image.Image, background: int) -> Image.Image:
     return bg
 
 
-def _to_l_or_rgb(im: Image.Image, background: int) -> Image.Image:
-    """Convert a decoded image of any Pillow mode to ``L`` or ``RGB`` (see the module table)."""
+def to_l_or_rgb(im: Image.Image, background: int = 0) -> Image.Image:
+    """Convert a decoded image of any Pillow mode to ``L`` or ``RGB`` (see the module table):
+    what :func:`load_image` does after decoding, for images that come from elsewhere (a video
+    frame, an array). ``background``: grey level that transparent pixels are composited over."""
     mode = im.mode
     if mode in ("L", "RGB"):
         return im
@@ -193,6 +196,10 @@ def _to_l_or_rgb(im: Image.Image, background: int) -> Image.Image:
         return _high_bit_depth_to_l(im)
     # RGBX, CMYK, YCbCr, HSV, LAB, ...: let Pillow convert, or fail with a clear reason.
     return im.convert("RGB")
+
+
+# The name vitfer.inference.predict imports (kept until it imports to_l_or_rgb).
+_to_l_or_rgb = to_l_or_rgb
 
 
 def _check_decoded_size(im: Image.Image) -> None:
@@ -241,7 +248,7 @@ def load_image(path: str | os.PathLike, *, background: int = 0) -> Image.Image:
                 raw.load()
                 # exif_transpose copies even an upright image: only rotated ones are transposed
                 im = ImageOps.exif_transpose(raw) if raw.getexif().get(0x0112, 1) != 1 else raw
-                out = _to_l_or_rgb(im, int(background))
+                out = to_l_or_rgb(im, int(background))
                 # detach the result from the file: closing it invalidates the opened image
                 out = out.copy() if out is raw else out
         except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, zlib.error, ...)

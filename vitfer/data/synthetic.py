@@ -37,7 +37,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from .datasets import FERDataset
+from .base import FERDataset
 
 __all__ = ["EXPRESSION_PARAMETERS", "SYNTHETIC_CLASSES", "SyntheticFaces", "expression_parameters"]
 
