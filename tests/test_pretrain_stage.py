@@ -80,7 +80,7 @@ def test_missing_pretraining_data_is_named(tmp_path, monkeypatch, data_root):
 
 def test_jaffe_face_crops(data_root):
     pytest.importorskip("cv2")
-    from vitfer.engine.loop import build_dataset
+    from vitfer.engine import build_dataset
 
     whole = build_dataset(FinetuneConfig(dataset="jaffe", data_dir=str(data_root)))
     crops = build_dataset(FinetuneConfig(dataset="jaffe", data_dir=str(data_root), crop_faces=True, face_margin=0.0))
@@ -128,7 +128,7 @@ def test_cli_turns_the_jaffe_recipe_parts_off_and_on(tmp_path, data_root):
 def test_face_crops_without_opencv_say_what_to_do(monkeypatch):
     import builtins
 
-    from vitfer.engine.loop import face_cropper
+    from vitfer.data.runs import face_cropper
 
     real = builtins.__import__
 

@@ -73,7 +73,8 @@ def test_evaluate_and_report_rebuild_a_pretrained_runs_test_set_at_its_size(tmp_
     vitfer.save(src, tmp_path / "pre.safetensors", class_names=[f"c{i}" for i in range(7)])
     faces = _write_faces(tmp_path / "faces")
     cfg = FinetuneConfig(model="vit_tiny_patch16_224", pretrained=str(tmp_path / "pre.safetensors"),
-                         dataset="folder", data_dir=str(faces), epochs=1, batch_size=8, lr=1e-3, warmup_steps=1,
+                         model_overrides={"depth": 1, "embed_dim": 32, "num_heads": 1}, dataset="folder",
+                         data_dir=str(faces), epochs=1, batch_size=8, lr=1e-3, warmup_steps=1,
                          out_dir=str(tmp_path / "run"))
     res = finetune(cfg)
     assert res["config"]["img_size"] == 64

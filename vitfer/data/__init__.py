@@ -34,7 +34,8 @@ files), :mod:`~vitfer.data.messages` (error texts), :mod:`~vitfer.data.sizes` (t
 policy), :mod:`~vitfer.data.loading` (decoding a file list, the load report), one module a
 loader (:mod:`~vitfer.data.ckplus48`, :mod:`~vitfer.data.jaffe`, :mod:`~vitfer.data.labels`,
 :mod:`~vitfer.data.folder`, :mod:`~vitfer.data.fer2013`), :mod:`~vitfer.data.registry`
-(:func:`load_dataset`, :func:`find_dataset`); beside them :mod:`~vitfer.data.splits`,
+(:func:`load_dataset`, :func:`find_dataset`), :mod:`~vitfer.data.runs` (a run's dataset and split
+rebuilt from its recorded config, for training, evaluation and the report alike); beside them :mod:`~vitfer.data.splits`,
 :mod:`~vitfer.data.synthetic` and :mod:`~vitfer.data.faces` (face detection and crops, OpenCV
 imported when a detector is built). :mod:`vitfer.data.datasets` re-exports the names it held.
 """
@@ -59,6 +60,7 @@ from .folder import PART_FOLDERS, load_image_folder
 from .jaffe import load_jaffe
 from .labels import load_label_file
 from .registry import DATASET_KINDS, find_dataset, load_dataset
+from .runs import check_split, image_digests, run_data, run_dataset, run_split, split_record
 from .sizes import DOMINANT_SIZE_SHARE, fit_image
 from .io import IMAGE_EXTENSIONS, DatasetError, ImageDecodeError, image_to_tensor, load_image
 from .splits import ALL_SPLIT_KINDS, OFFICIAL_PARTS, SPLIT_KINDS, SplitError, iter_folds, make_split
@@ -111,6 +113,12 @@ __all__ = [
     "UnknownExpressionError",
     "load_dataset",
     "find_dataset",
+    "check_split",
+    "image_digests",
+    "run_data",
+    "run_dataset",
+    "run_split",
+    "split_record",
     "load_ckplus48",
     "load_jaffe",
     "load_image_folder",

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .io import DatasetError
 
@@ -26,23 +26,17 @@ __all__ = ["check_split", "face_cropper", "image_digests", "run_data", "run_data
 _logger = logging.getLogger(__name__)
 
 
-def face_cropper(margin: float) -> Callable[[Any], tuple[Any, str]]:
-    """A load-time step that keeps the largest face the Haar-cascade detector finds (with
-    ``margin``), the crop ``vitfer predict --detect`` gives a model; images without a face are
-    skipped and named. Needs the ``detect`` extra (OpenCV)."""
-    from .faces import FaceDetector, crop_largest_face
+def face_cropper(margin: float):
+    """The load-time step of ``crop_faces``: :class:`~vitfer.data.faces.FaceCropper` (the largest
+    face the Haar cascade finds, with ``margin``: the crop ``vitfer predict --detect`` gives a
+    model), whose ImportError without OpenCV also names ``--no-crop-faces``."""
+    from .faces import FaceCropper
 
     try:
-        detector = FaceDetector()
+        return FaceCropper(margin)
     except ImportError as e:
         raise ImportError(f"--crop-faces (the scratch recipe's default on JAFFE): {e}; or pass --no-crop-faces to "
                           f"train on the whole photos") from e
-
-    def crop(image):
-        face = crop_largest_face(image, margin, detector=detector)
-        return (face, "") if face is not None else (None, "no face found (--crop-faces)")
-
-    return crop
 
 
 def _size(config: Mapping[str, Any], image_size: Optional[int]) -> int:

@@ -124,6 +124,12 @@ def finetune(
         if pre_cfg is not None:
             from .pretrain import load_pretraining
 
+            status = run_status(pre_cfg, Path(pre_cfg.out_dir), other="restart")
+            if status == "finished":
+                _logger.info("pretraining on %s: reusing the finished run in %s", cfg.pretrain, pre_cfg.out_dir)
+            else:
+                _logger.info("pretraining on %s first (%d epochs, run folder %s)%s", cfg.pretrain, pre_cfg.epochs,
+                             pre_cfg.out_dir, ": resuming" if status == "resume" else "")
             pre = run_or_reuse(pre_cfg, callbacks=callbacks, other="restart")
             pre_ckpt = Path(pre["checkpoint"])
             pre_info = {"dataset": cfg.pretrain, "out_dir": str(pre_ckpt.parent), "checkpoint": str(pre_ckpt),
