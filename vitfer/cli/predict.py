@@ -28,8 +28,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detect", action="store_true",
                    help="find every face first (OpenCV's Haar cascade; pip install 'vitfer[detect]')")
     p.add_argument("--margin", type=_margin, default=None, metavar="M",
-                   help="--detect: margin around each face, as a fraction of its size (default: as the checkpoint "
-                   "was trained, its run's face margin; 0.2 when it records none)")
+                   help="--detect: margin around each face, as a fraction of its size; None: as the checkpoint was "
+                   "trained (its run's face margin; 0.2 when it records none)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the records as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the records as CSV (one column per class)")
