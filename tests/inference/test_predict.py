@@ -105,7 +105,7 @@ def test_annotate_writes_boxes(ckpt, data_root, tmp_path, capsys):
     _canvas(data_root, 2, photo)
     out = tmp_path / "annotated"
     assert main(["predict", str(ckpt), str(photo), "--detect", "--annotate", str(out)]) == 0
-    drawn = Image.open(out / "two.png").convert("RGB")
+    drawn = Image.open(out / "two.png.png").convert("RGB")  # the input's name, suffix kept
     assert drawn.size == Image.open(photo).size
     assert (np.asarray(drawn)[..., 0].astype(int) - np.asarray(drawn)[..., 1]).max() > 100  # red boxes
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from vitfer.cli._common import _positive_int
@@ -15,7 +16,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "onnxruntime: logits within 1e-4 * max(1, max|ref|). Needs pip install 'vitfer[onnx]'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="a checkpoint written by vitfer finetune / vitfer.save / vitfer convert")
+    p.add_argument("checkpoint", help="a checkpoint written by vitfer finetune / vitfer.save / vitfer convert, or a "
+                   "run folder (its model.safetensors)")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
     p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (>= 18)")
     p.add_argument("--static-batch", type=_positive_int, default=None, metavar="N",
@@ -26,15 +28,21 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     import vitfer
-    from vitfer.inference.export import check_onnx, export_checkpoint
+    from vitfer.inference import resolve_checkpoint
+    from vitfer.inference.export import ONNXMismatchError, check_onnx, export_checkpoint
 
     kw: dict[str, Any] = {"opset": args.opset}
     if args.static_batch:
         kw.update(dynamic_batch=False, batch_size=args.static_batch)
-    out = export_checkpoint(args.checkpoint, args.onnx, **kw)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    out = export_checkpoint(ckpt, args.onnx, **kw)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if not args.no_check:
-        res = check_onnx(vitfer.load(args.checkpoint), out)
+        try:
+            res = check_onnx(vitfer.load(ckpt), out)
+        except ONNXMismatchError as e:
+            print(f"vitfer export: error: {e}", file=sys.stderr)
+            return 1
         print(f"onnxruntime vs eager: max |diff| {res['max_abs_diff']:.2e} (bound {res['bound']:.2e}), "
               f"batch {res['batch']}")
     return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from vitfer.cli._common import _positive_int
@@ -20,10 +22,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "classified, and the exit status is 1 at the end when any failed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="a checkpoint written by vitfer finetune / vitfer.save")
+    p.add_argument("checkpoint", help="a checkpoint written by vitfer finetune / vitfer.save, or a run folder "
+                   "(its model.safetensors)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders (recursive) or videos")
     p.add_argument("--detect", action="store_true",
                    help="find every face first (OpenCV's Haar cascade; pip install 'vitfer[detect]')")
+    p.add_argument("--margin", type=_margin, default=None, metavar="M",
+                   help="--detect: margin around each face, as a fraction of its size; None: as the checkpoint was "
+                   "trained (its run's face margin; 0.2 when it records none)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the records as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the records as CSV (one column per class)")
@@ -31,18 +37,33 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=64, help="faces per forward")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--annotate", default=None, metavar="DIR", help="write copies of the images with boxes and labels")
+    p.add_argument("--annotate", default=None, metavar="DIR",
+                   help="write copies of the images with boxes and labels, as DIR/<path relative to the folder "
+                   "given>.png (photos/a/face.jpg -> DIR/a/face.jpg.png)")
     p.add_argument("--every", type=_positive_int, default=10, help="videos: classify every N-th frame")
     p.set_defaults(func=_cmd_predict)
+
+
+def _margin(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v <= -0.5:
+        raise argparse.ArgumentTypeError(f"expected a finite number > -0.5 (a fraction of the face's size), got {v}")
+    return v
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
-    from vitfer.inference import Predictor, annotate
+    from vitfer.inference import Predictor, annotate, output_names
 
     predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision, detect=args.detect,
-                          batch_size=args.batch_size, every=args.every)
+                          margin=args.margin, batch_size=args.batch_size, every=args.every)
+    if args.detect:
+        _logger.info("faces cropped with margin %g", predictor.margin)
+    names_out = output_names(args.paths) if args.annotate else {}
     names = predictor.class_names
     records, failed = [], set()
     writer = None
@@ -74,6 +95,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(records, indent=2))
     for file, recs in by_file.items():
-        out = annotate(file, recs, args.annotate)
+        out = annotate(file, recs, args.annotate, name=names_out.get(Path(file)))
         _logger.info("annotated %s", out)
     return 1 if failed else 0

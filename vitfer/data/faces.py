@@ -28,6 +28,7 @@ import functools
 import math
 import numbers
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,10 @@ class FaceDetector:
         ValueError: the cascade file cannot be loaded, or a parameter is out of range.
 
     The detector can be pickled (for DataLoader workers): the cascade is reloaded from its path.
+    It can be shared by threads: OpenCV's ``CascadeClassifier`` is not thread-safe (concurrent
+    ``detectMultiScale`` calls on images of different sizes corrupt its scale buffers and crash
+    the process), so each thread that calls :meth:`detect` gets its own classifier, loaded from
+    the same file on its first call.
     """
 
     def __init__(
@@ -252,7 +257,8 @@ class FaceDetector:
         self.min_size = _check_min_size(min_size)
         self.equalize = bool(equalize)
         self.cascade_path = Path(cascade) if cascade is not None else default_cascade_path()
-        self._classifier = self._load(self.cascade_path)
+        self._local = threading.local()
+        self._local.classifier = self._load(self.cascade_path)  # fails here, not in a thread, on a bad file
 
     @staticmethod
     def _load(path: Path) -> Any:
@@ -268,14 +274,22 @@ class FaceDetector:
             raise ValueError(f"cannot load Haar cascade {path}: not a valid cascade file")
         return classifier
 
+    def _classifier(self) -> Any:
+        """This thread's ``CascadeClassifier`` (loaded on the thread's first call)."""
+        classifier = getattr(self._local, "classifier", None)
+        if classifier is None:
+            classifier = self._local.classifier = self._load(self.cascade_path)
+        return classifier
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.pop("_classifier", None)
+        state.pop("_local", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._classifier = self._load(self.cascade_path)
+        self._local = threading.local()
+        self._local.classifier = self._load(self.cascade_path)
 
     def __repr__(self) -> str:
         return (
@@ -301,7 +315,7 @@ class FaceDetector:
             grey = cv2.equalizeHist(grey)
         if grey.shape[0] < self.min_size[1] or grey.shape[1] < self.min_size[0]:
             return []
-        rects, neighbours = self._classifier.detectMultiScale2(
+        rects, neighbours = self._classifier().detectMultiScale2(
             grey,
             scaleFactor=self.scale_factor,
             minNeighbors=self.min_neighbors,

@@ -12,9 +12,10 @@ from vitfer.data.faces import (
     largest_face,
 )
 
+from .checkpoint import DEFAULT_MARGIN, resolve_checkpoint, trained_face_crop
 from .export import ONNXMismatchError, check_onnx, export_checkpoint, export_onnx, read_onnx_metadata
-from .predict import Predictor, annotate, expand_inputs
+from .predict import Predictor, annotate, expand_inputs, output_names
 
-__all__ = ["Box", "FaceDetector", "ONNXMismatchError", "Predictor", "annotate", "check_onnx", "crop_face",
-           "crop_largest_face", "expand_inputs", "export_checkpoint", "export_onnx", "largest_face",
-           "read_onnx_metadata"]
+__all__ = ["Box", "DEFAULT_MARGIN", "FaceDetector", "ONNXMismatchError", "Predictor", "annotate", "check_onnx",
+           "crop_face", "crop_largest_face", "expand_inputs", "export_checkpoint", "export_onnx", "largest_face",
+           "output_names", "read_onnx_metadata", "resolve_checkpoint", "trained_face_crop"]

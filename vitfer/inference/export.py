@@ -34,7 +34,7 @@ import copy
 import importlib.util
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -223,8 +223,6 @@ def export_onnx(
         raise ValueError(f"{path} is a folder; give the .onnx file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    import onnx
-
     example_batch = max(batch_size, 2) if dynamic_batch else batch_size
     x = torch.randn(example_batch, *size, generator=torch.Generator().manual_seed(0))
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
@@ -270,10 +268,14 @@ def export_onnx(
     for k, v in props.items():
         proto.metadata_props.add(key=k, value=v)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # A temporary file beside the target, moved into place: created with mode 0666 less the umask,
+    # as a plain open() would (tempfile.mkstemp's 0600 would leave the model unreadable to others).
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        onnx.save_model(proto, tmp)
+        with open(tmp, "xb") as f:
+            f.write(proto.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -285,11 +287,15 @@ def export_onnx(
 
 
 def export_checkpoint(ckpt_path: PathLike, out_path: PathLike, **kw: Any) -> Path:
-    """Load a vitfer checkpoint (:func:`vitfer.load`) and export it with :func:`export_onnx`
-    (keyword arguments are passed on). The file's metadata records the checkpoint's class names,
-    input size, mean / std, interpolation and crop_pct, so a consumer can preprocess."""
+    """Load a vitfer checkpoint (:func:`vitfer.load`; a run folder: its ``model.safetensors``) and
+    export it with :func:`export_onnx` (keyword arguments are passed on). The file's metadata records
+    the checkpoint's class names, input size, mean / std, interpolation and crop_pct, so a consumer
+    can preprocess."""
     from vitfer.weights import load
 
+    from .checkpoint import resolve_checkpoint
+
+    ckpt_path = resolve_checkpoint(ckpt_path)
     model = load(ckpt_path, map_location="cpu")
     meta = {"vitfer.checkpoint": json.dumps(Path(ckpt_path).name)}
     meta.update(kw.pop("metadata", None) or {})
@@ -310,7 +316,8 @@ def check_onnx(
         model: the model that was exported, run where it is, in its own dtype (exact parity is
             expected for a CPU fp32 model; pass a larger ``tol_scale`` for others).
         path: the ONNX file.
-        x: the input batch; default a random (2, C, H, W) batch (seed 0) of the file's input size.
+        x: the input batch; default a random batch (seed 0) of the file's input size: of the file's
+            batch size when it is static (``dynamic_batch=False``), else of 2.
         tol_scale: the bound is ``tol_scale * max(1, max|ref|)``.
 
     Returns:
@@ -328,7 +335,8 @@ def check_onnx(
         shape = [d if isinstance(d, int) else None for d in sess.get_inputs()[0].shape]
         if any(d is None for d in shape[1:]):
             raise ValueError(f"{path}: input shape {sess.get_inputs()[0].shape} is not static beyond the batch; pass x")
-        x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
+        batch = shape[0] if shape[0] is not None and shape[0] >= 1 else 2
+        x = torch.randn(batch, *shape[1:], generator=torch.Generator().manual_seed(0))
     x = x.detach().float().cpu()
     was_training = model.training
     param = next(iter(model.parameters()), None)
