@@ -35,7 +35,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     fmt.add_argument("--csv", action="store_true", help="print the records as CSV (one column per class)")
     p.add_argument("--top", type=_positive_int, default=3, help="classes shown per face in the text output")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="faces per forward")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="bf16: autocast (default: the precision the checkpoint's run tested in, fp32 if it records none)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--annotate", default=None, metavar="DIR",
                    help="write copies of the images with boxes and labels, as DIR/<path relative to the folder "

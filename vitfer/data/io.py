@@ -198,10 +198,6 @@ def to_l_or_rgb(im: Image.Image, background: int = 0) -> Image.Image:
     return im.convert("RGB")
 
 
-# The name vitfer.inference.predict imports (kept until it imports to_l_or_rgb).
-_to_l_or_rgb = to_l_or_rgb
-
-
 def _check_decoded_size(im: Image.Image) -> None:
     """Raise ValueError when ``im``'s header declares more than :data:`MAX_DECODED_BYTES`."""
     if MAX_DECODED_BYTES is None:

@@ -114,7 +114,9 @@ class Predictor:
         checkpoint: a vitfer checkpoint (``vitfer finetune`` / ``vitfer.save``), or a run folder
             (its ``model.safetensors``).
         device: ``auto`` (CUDA when there is a GPU), ``cpu``, ``cuda``.
-        precision: ``fp32`` or ``bf16`` (autocast; on CPUs with AVX-512 BF16 much faster).
+        precision: ``fp32`` or ``bf16`` (autocast; on CPUs with AVX-512 BF16 much faster); ``None``:
+            the precision the checkpoint's run tested in (its resolved ``amp``: ``bf16`` or fp32),
+            so predictions are the run's; fp32 for a checkpoint that records none.
         detect: find faces with OpenCV's Haar cascade first (the ``detect`` extra) and classify
             each, cropped with ``margin``; else the whole image is the face.
         margin: the margin around a detected face, as a fraction of its size (as
@@ -133,7 +135,7 @@ class Predictor:
     """
 
     def __init__(
-        self, checkpoint: PathLike, *, device: str = "auto", precision: str = "fp32", detect: bool = False,
+        self, checkpoint: PathLike, *, device: str = "auto", precision: Optional[str] = None, detect: bool = False,
         margin: Optional[float] = None, batch_size: int = 64, every: int = 10, workers: int = 2,
     ) -> None:
         import vitfer
@@ -142,7 +144,7 @@ class Predictor:
 
         from .checkpoint import resolve_checkpoint, trained_face_crop
 
-        if precision not in PRECISIONS:
+        if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         if batch_size < 1 or every < 1 or workers < 1:
             raise ValueError("batch_size, every and workers must be >= 1")
@@ -152,6 +154,9 @@ class Predictor:
         self.device = resolve_device(device)
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.model = vitfer.load(self.checkpoint, map_location=self.device)  # eval mode; ResNets run channels-last
+        if precision is None:
+            trained = ((getattr(self.model, "checkpoint_info", None) or {}).get("finetune_config") or {}).get("amp")
+            precision = "bf16" if trained == "bf16" else "fp32"
         self.precision, self.batch_size, self.every, self.workers = precision, batch_size, every, workers
         self.trained_on_crops, trained_margin = trained_face_crop(self.model)
         self.margin = trained_margin if margin is None else float(margin)
@@ -342,10 +347,10 @@ class Predictor:
         out: list[list[dict[str, Any]]] = []
         for i in items:
             if isinstance(i, Image.Image):
-                from vitfer.data.io import _to_l_or_rgb
+                from vitfer.data.io import to_l_or_rgb
 
                 self._warn_whole_images()
-                out.append(self._faces(_to_l_or_rgb(i, 0), None, None))
+                out.append(self._faces(to_l_or_rgb(i, 0), None, None))
             elif isinstance(i, (str, os.PathLike)):
                 out.append(list(self.predict_files([i])))
             else:
