@@ -106,7 +106,7 @@ def test_checkout_manifest_is_current():
 
 
 def test_subcommands_are_pluggable():
-    """Each subcommand comes from an _add_<cmd>(subparsers) function; help lists them all."""
+    """Each subcommand comes from an add_<cmd>(subparsers) function; help lists them all."""
     helptext = build_parser().format_help()
     for cmd in ("models", "convert", "manifest"):
         assert cmd in helptext

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vitfer
-from vitfer.cli import _Progress, main
+from vitfer.cli import Progress, main
 from vitfer.engine import FinetuneConfig, finetune
 from vitfer.engine.config import RECIPES
 from vitfer.engine.loop import lr_at
@@ -102,7 +102,7 @@ def test_constant_schedule():
 
 def test_progress_bar_callback(capsys):
     """The CLI's tqdm bar (shown when stderr is a terminal) follows the engine's events."""
-    p = _Progress(tty=True)
+    p = Progress(tty=True)
     p.on_train_start({})
     p.on_epoch_start({"epoch": 1, "epochs": 2, "steps_per_epoch": 3})
     for s in range(3):
@@ -116,7 +116,7 @@ def test_progress_bar_callback(capsys):
 def test_progress_lines_within_an_epoch_without_a_terminal(capsys):
     """Without a terminal (a log file, CI) progress comes as lines on stdout within an epoch, at
     most one every ``every_s`` seconds (issue 28: nothing was printed until the first epoch ended)."""
-    p = _Progress(tty=False, every_s=0.0)
+    p = Progress(tty=False, every_s=0.0)
     p.on_train_start({"out_dir": "runs/x"})
     p.on_epoch_start({"epoch": 2, "epochs": 5, "steps_per_epoch": 3})
     for s in range(3):
@@ -125,7 +125,7 @@ def test_progress_lines_within_an_epoch_without_a_terminal(capsys):
     out = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0].strip() for line in out] == [f"epoch 2/5 step {k}/3" for k in (1, 2, 3)]
     assert "loss 1.2500 acc 0.500" in out[-1] and p.bar is None and p.out_dir == "runs/x"
-    quiet = _Progress(tty=False, every_s=3600.0)
+    quiet = Progress(tty=False, every_s=3600.0)
     quiet.on_epoch_start({"epoch": 1, "epochs": 1, "steps_per_epoch": 2})
     quiet.on_step({"loss": 1.0, "images": 8, "step": 1, "epoch": 1, "epochs": 1, "steps_per_epoch": 2})
     assert capsys.readouterr().out == ""

@@ -22,8 +22,8 @@ import sys
 import warnings
 from typing import Callable, Optional, Sequence
 
-from vitfer.cli._logging import _setup_logging, _show_warning
-from vitfer.cli.finetune import _Progress  # noqa: F401  (tests drive the progress bar)
+from vitfer.cli._logging import setup_logging, show_warning
+from vitfer.cli.finetune import Progress  # noqa: F401  (tests drive the progress bar)
 
 __all__ = ["build_parser", "main"]
 
@@ -33,7 +33,7 @@ _COMMANDS = ["models", "convert", "manifest", "finetune", "predict", "evaluate",
 def _adders() -> list[Callable[[argparse._SubParsersAction], None]]:
     import importlib
 
-    return [getattr(importlib.import_module(f"vitfer.cli.{c}"), f"_add_{c}") for c in _COMMANDS]
+    return [getattr(importlib.import_module(f"vitfer.cli.{c}"), f"add_{c}") for c in _COMMANDS]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,9 +71,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.showwarning = show_warning
         try:
             return int(args.func(args) or 0)
         except _vitfer_errors() as e:

@@ -5,7 +5,7 @@ import argparse
 from typing import Any, Sequence
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -15,7 +15,7 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _size(text: str) -> Any:
+def size_arg(text: str) -> Any:
     """--img-size / --patch-size: 'auto', 0 (the model's own) or a positive int."""
     if text == "auto":
         return "auto"
@@ -28,7 +28,7 @@ def _size(text: str) -> Any:
     return v or None
 
 
-def _fold(text: str) -> Any:
+def fold_arg(text: str) -> Any:
     if text == "all":
         return "all"
     try:
@@ -37,20 +37,20 @@ def _fold(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"expected a fold number or 'all', got {text!r}") from None
 
 
-_PARSERS: dict[str, argparse.ArgumentParser] = {}
+PARSERS: dict[str, argparse.ArgumentParser] = {}
 _UNSET = object()
 
 
-def _explicit_args(command: str, argv: Sequence[str]) -> set[str]:
+def explicit_args(command: str, argv: Sequence[str]) -> set[str]:
     """The options of ``command`` that ``argv`` sets (not left at their defaults)."""
-    parser = _PARSERS[command]
+    parser = PARSERS[command]
     ns = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
     tail = list(argv)[list(argv).index(command) + 1:] if command in argv else list(argv)
     parser.parse_known_args(tail, ns)
     return {k for k, v in vars(ns).items() if v is not _UNSET}
 
 
-def _format_metrics(test: dict[str, Any], what: str = "test") -> list[str]:
+def format_metrics(test: dict[str, Any], what: str = "test") -> list[str]:
     lines = [f"{what} accuracy {100 * test['accuracy']:.1f}%  UAR {100 * test['uar']:.1f}%  "
              f"macro-F1 {100 * test['macro_f1']:.1f}%  ({test['n']} images); per class:"]
     support = test.get("support", {})

@@ -40,7 +40,7 @@ def _handler(which: str, fmt: str, level: int) -> _StdHandler:
     return h
 
 
-def _setup_logging(verbose: int) -> None:
+def setup_logging(verbose: int) -> None:
     """vitfer's warnings (with -v also its info, -vv debug lines) on stderr, one line each."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     fmt = "%(levelname)s %(name)s: %(message)s" if verbose else "warning: %(message)s"
@@ -54,7 +54,7 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(_PROGRESS_LOGGERS.pop()).removeHandler(out)
 
 
-def _progress_to_stdout(*loggers: str) -> None:
+def progress_to_stdout(*loggers: str) -> None:
     """Show the INFO lines of these loggers (a command's progress) on stdout, as bare messages."""
     h = _handler("stdout", "%(message)s", logging.INFO)
     for name in loggers:
@@ -62,6 +62,6 @@ def _progress_to_stdout(*loggers: str) -> None:
         _PROGRESS_LOGGERS.append(name)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Python warnings as one line, without the source location (``warning: <message>``)."""
     print(f"warning: {message}", file=sys.stderr)

@@ -8,7 +8,7 @@ from typing import Any
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from vitfer.weights.checkpoint import _check_rebuildable, describe_state_dict
+    from vitfer.weights.checkpoint import check_rebuildable, describe_state_dict
     from vitfer.models.families import model_spec
     from vitfer.weights.hub import HF_PREFIX, fetch_state_dict, pretrained_tag
     from vitfer.weights.io import atomic_save_safetensors, sha256_file
@@ -36,7 +36,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if tag:
         info["tag"] = tag
     meta = describe_state_dict(spec.name, res.state_dict, info)
-    _check_rebuildable(meta, res.state_dict)
+    check_rebuildable(meta, res.state_dict)
     out_dir = Path(args.out)
     out = out_dir / f"{name}.safetensors"
     atomic_save_safetensors(res.state_dict, out, {"vitfer": json.dumps(meta, sort_keys=True), "format": "pt"})
@@ -57,7 +57,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_convert(sub: argparse._SubParsersAction) -> None:
+def add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
         help="convert pretrained weights into a self-describing vitfer checkpoint (DIR/NAME.safetensors)",

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from vitfer.cli._common import _positive_int
+from vitfer.cli._common import positive_int
 
 
 def _port(text: str) -> int:
@@ -18,7 +18,7 @@ def _port(text: str) -> int:
     return v
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def add_demo(sub: argparse._SubParsersAction) -> None:
     from vitfer.demo.core import MAX_FACES, MAX_FILE_BYTES, MAX_SIDE
 
     p = sub.add_parser(
@@ -38,9 +38,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="address to bind; anything but 127.0.0.1 / localhost makes the page reachable from other "
                    "machines")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
-    p.add_argument("--max-side", type=_positive_int, default=MAX_SIDE,
+    p.add_argument("--max-side", type=positive_int, default=MAX_SIDE,
                    help="photos with a longer side are downscaled to this many pixels")
-    p.add_argument("--max-faces", type=_positive_int, default=MAX_FACES, help="faces classified a photo (the largest)")
+    p.add_argument("--max-faces", type=positive_int, default=MAX_FACES, help="faces classified a photo (the largest)")
     p.set_defaults(func=_cmd_demo)
 
 

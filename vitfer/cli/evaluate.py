@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from vitfer.cli._common import _format_metrics, _positive_int
+from vitfer.cli._common import format_metrics, positive_int
 
 
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
     from vitfer.engine import DATASET_KINDS, SPLIT_KINDS
 
     p = sub.add_parser(
@@ -28,7 +28,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-folds", type=int, default=None, help="folds of a k-fold split (default: the run's)")
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward")
     p.add_argument("--amp", default=None, choices=("auto", "none", "bf16"),
                    help="precision (default: the run's own, so its test accuracy is reproduced; fp32 for checkpoints "
                    "without a run)")
@@ -56,7 +56,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         c = res["cross_dataset"]
         print(f"shared expressions: {', '.join(c['shared'])}; left out: {', '.join(c['dataset_only']) or 'none'} "
               f"({c['images_left_out']} images)")
-    for line in _format_metrics(res, "test" if res["part"] in ("test", "all") else res["part"]):
+    for line in format_metrics(res, "test" if res["part"] in ("test", "all") else res["part"]):
         print(line)
     print("confusion matrix (rows: true class, columns: predicted):")
     names = list(res["per_class_accuracy"])

@@ -5,10 +5,10 @@ import argparse
 import sys
 from typing import Any
 
-from vitfer.cli._common import _positive_int
+from vitfer.cli._common import positive_int
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
+def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="export a checkpoint to ONNX (dynamic batch), checked with onnxruntime",
         description="Write CKPT as an ONNX model (input 'images' (B, C, H, W), output 'logits', dynamic batch; "
@@ -19,8 +19,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a checkpoint written by vitfer finetune / vitfer.save / vitfer convert, or a "
                    "run folder (its model.safetensors)")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
-    p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (>= 18)")
-    p.add_argument("--static-batch", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (>= 18)")
+    p.add_argument("--static-batch", type=positive_int, default=None, metavar="N",
                    help="a fixed batch size instead of a dynamic one")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.set_defaults(func=_cmd_export)

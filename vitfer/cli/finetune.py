@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from vitfer.cli._common import _PARSERS, _explicit_args, _fold, _format_metrics, _size
-from vitfer.cli._logging import _progress_to_stdout
+from vitfer.cli._common import PARSERS, explicit_args, fold_arg, format_metrics, positive_int, size_arg
+from vitfer.cli._logging import progress_to_stdout
 
 
-class _Progress:
+class Progress:
     """The CLI's view of a run (an engine :class:`~vitfer.engine.Callback`): where stderr is a
     terminal, a tqdm bar per epoch (batch loss and accuracy, images/s, time left); elsewhere (a log
     file, CI) a line on stdout every ``every_s`` seconds within an epoch, since an epoch of a long
@@ -64,7 +64,7 @@ class _Progress:
         self.on_epoch_end({})
 
 
-def _add_finetune(sub: argparse._SubParsersAction) -> None:
+def add_finetune(sub: argparse._SubParsersAction) -> None:
     from vitfer.engine import AMP_MODES, DATASET_KINDS, OPTIMIZERS, SPLIT_KINDS, FinetuneConfig
     from vitfer.engine.config import HEADS, RECIPES, SCHEDULES
 
@@ -110,15 +110,15 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=d.split, choices=SPLIT_KINDS,
                    help="random (the study's), subject (no person on both sides), kfold, subject-kfold, official "
                    "(FER-2013's Usage column, or a folder with train/ and test/)")
-    p.add_argument("--fold", type=_fold, default=d.fold,
+    p.add_argument("--fold", type=fold_arg, default=d.fold,
                    help="test fold of the k-fold splits (0 .. n-folds - 1), or 'all': every fold in OUT/fold-K, "
                    "then OUT/summary.json and summary.md (finished folds are skipped on a rerun)")
     p.add_argument("--n-folds", type=int, default=d.n_folds, help="folds of the k-fold splits")
     p.add_argument("--val-size", type=float, default=d.val_size,
                    help="fraction of the training side held out to pick the best epoch (0: none, keep the last)")
-    p.add_argument("--img-size", type=_size, default=d.img_size,
+    p.add_argument("--img-size", type=size_arg, default=d.img_size,
                    help="input size; auto = 48 from scratch, the model's own with --pretrained; 0 = the model's own")
-    p.add_argument("--patch-size", type=_size, default=d.patch_size,
+    p.add_argument("--patch-size", type=size_arg, default=d.patch_size,
                    help="patch size of transformers (CrossViT: (p, 4p/3); the hybrid and dagger CrossViTs keep "
                    "theirs); auto = 6 from scratch, the model's own with --pretrained; 0 = the model's own")
     p.add_argument("--pretrained", default=None,
@@ -165,9 +165,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last finished epoch (its stored config; options "
                    "given must match it)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for torch (default: torch's, one a core). On a machine other jobs keep busy, "
+                   "fewer threads than cores train much faster: measured at load 6 on 2 cores, 2 threads gave 5 "
+                   "img/s, 1 thread 45-52 (and OMP_WAIT_POLICY=PASSIVE in the environment 23-25 with 2)")
     p.add_argument("--quiet", action="store_true", help="no progress output (the results are still printed)")
     p.set_defaults(func=_cmd_finetune)
-    _PARSERS["finetune"] = p
+    PARSERS["finetune"] = p
 
 
 def config_from_args(args: argparse.Namespace) -> "Any":
@@ -186,7 +190,7 @@ def config_from_args(args: argparse.Namespace) -> "Any":
     given.update(data_dir=args.data_dir, out_dir=args.out, pretrained=pretrained,
                  pretrain=None if args.pretrain in (None, "none") else args.pretrain)
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    explicit = {{"out": "out_dir"}.get(k, k) for k in _explicit_args("finetune", args.argv)} & fields
+    explicit = {{"out": "out_dir"}.get(k, k) for k in explicit_args("finetune", args.argv)} & fields
     chosen = {k: given[k] for k in explicit if k in given}
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
@@ -218,6 +222,10 @@ _CONFIG_OPTIONS = (
 def _cmd_finetune(args: argparse.Namespace) -> int:
     import dataclasses
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     if not cfg.out_dir and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # chosen here, so that an interrupted run can name the folder to resume
@@ -225,8 +233,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
         cfg = dataclasses.replace(cfg, out_dir=str(default_out_dir(cfg, label=cfg.split if args.fold == "all" else "")))
     if not args.quiet:
-        _progress_to_stdout("vitfer.engine", "vitfer.data")
-    progress = _Progress(tty=sys.stderr.isatty())
+        progress_to_stdout("vitfer.engine", "vitfer.data")
+    progress = Progress(tty=sys.stderr.isatty())
     callbacks = [progress] if not args.quiet else []
     try:
         return _run(args, cfg, callbacks)
@@ -266,7 +274,7 @@ def _run(args: argparse.Namespace, cfg: Any, callbacks: list) -> int:
     res = finetune(cfg, resume=bool(args.resume), callbacks=callbacks)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
-    for line in _format_metrics(res["test"]):
+    for line in format_metrics(res["test"]):
         print(line)
     print(f"run folder: {res['out_dir']}")
     print(f"checkpoint: {res['checkpoint']}  (vitfer predict {res['checkpoint']} IMAGE...)")

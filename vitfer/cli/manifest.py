@@ -16,7 +16,7 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_manifest(sub: argparse._SubParsersAction) -> None:
+def add_manifest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("manifest", help="(re)generate the weights manifest from the registry")
     p.add_argument("--out", default="weights/manifest.json", help="manifest path (default: weights/manifest.json)")
     p.set_defaults(func=_cmd_manifest)

@@ -49,7 +49,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_models(sub: argparse._SubParsersAction) -> None:
+def add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models (parameters, default pretrained source)")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style name filter, e.g. 'crossvit_*'")
     p.add_argument("--family", default=None, choices=("vit", "convit", "crossvit", "vit_hybrid", "resnet", "vgg"),

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitfer.cli._common import _positive_int
+from vitfer.cli._common import positive_int
 
 _logger = logging.getLogger("vitfer.cli")
 
 
-def _add_predict(sub: argparse._SubParsersAction) -> None:
+def add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="classify faces in photos, folders and videos with a fine-tuned checkpoint",
         description="One record per face (per image without --detect): file, frame, box, label, probabilities. "
@@ -33,15 +33,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the records as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the records as CSV (one column per class)")
-    p.add_argument("--top", type=_positive_int, default=3, help="classes shown per face in the text output")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="faces per forward")
+    p.add_argument("--top", type=positive_int, default=3, help="classes shown per face in the text output")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="faces per forward")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
                    help="bf16: autocast (default: the precision the checkpoint's run tested in, fp32 if it records none)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--annotate", default=None, metavar="DIR",
                    help="write copies of the images with boxes and labels, as DIR/<path relative to the folder "
                    "given>.png (photos/a/face.jpg -> DIR/a/face.jpg.png)")
-    p.add_argument("--every", type=_positive_int, default=10, help="videos: classify every N-th frame")
+    p.add_argument("--every", type=positive_int, default=10, help="videos: classify every N-th frame")
     p.set_defaults(func=_cmd_predict)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitfer.cli._common import _positive_int
-from vitfer.cli._logging import _progress_to_stdout
+from vitfer.cli._common import positive_int
+from vitfer.cli._logging import progress_to_stdout
 
 
-def _add_report(sub: argparse._SubParsersAction) -> None:
+def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="figures (curves, confusion, t-SNE, attention) and a report of run folders",
         description="Write PNG figures and report.md / report.html for RUN_DIR ...: learning curves, confusion "
@@ -22,7 +22,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folders (vitfer finetune / study)")
     p.add_argument("--out", default=None,
                    help="report folder (default: RUN_DIR/report for one run, ./report for several)")
-    p.add_argument("--samples", type=_positive_int, default=7, help="test faces in the attention figure (one an expression, in turn)")
+    p.add_argument("--samples", type=positive_int, default=7, help="test faces in the attention figure (one an expression, in turn)")
     p.add_argument("--data-dir", default=None, help="the dataset folder, if it moved since the runs")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
     p.add_argument("--no-tsne", action="store_true", help="leave out the t-SNE plots")
@@ -34,7 +34,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from vitfer.analysis.report import write_report
 
     if args.verbose:
-        _progress_to_stdout("vitfer.analysis")
+        progress_to_stdout("vitfer.analysis")
     out = args.out or (str(Path(args.runs[0]) / "report") if len(args.runs) == 1 else "report")
     res = write_report(args.runs, out, samples=args.samples, device=args.device, data_dir=args.data_dir,
                        tsne=not args.no_tsne, attention=not args.no_attention)

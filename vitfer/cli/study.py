@@ -6,15 +6,15 @@ import sys
 import time
 from typing import Any
 
-from vitfer.cli._common import _positive_int
-from vitfer.cli._logging import _progress_to_stdout
+from vitfer.cli._common import positive_int
+from vitfer.cli._logging import progress_to_stdout
 
 
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _add_study(sub: argparse._SubParsersAction) -> None:
+def add_study(sub: argparse._SubParsersAction) -> None:
     from vitfer.engine import SPLIT_KINDS
     from vitfer.engine.config import RECIPES
     from vitfer.engine.study import STUDY_DATASETS, STUDY_MODELS
@@ -39,7 +39,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subject-folds", type=int, default=None,
                    help="subject-independent folds for the extra columns (0: not run; default 5, with --quick 0)")
     p.add_argument("--recipe", default=None, choices=tuple(RECIPES), help="default: thesis (--quick: scratch)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs (--quick: 5)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs (--quick: 5)")
     p.add_argument("--quick", action="store_true",
                    help="the CPU version: small variants, no pretrained weights, scratch recipe, 5 epochs")
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
@@ -51,15 +51,15 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from vitfer.cli.finetune import _Progress
+    from vitfer.cli.finetune import Progress
     from vitfer.engine.study import StudyConfig, format_duration, run_study
 
     cfg = StudyConfig(data_dir=args.data_dir, out_dir=args.out, models=args.models, datasets=args.datasets,
                       split=args.split, recipe=args.recipe, subject_folds=args.subject_folds, epochs=args.epochs,
                       quick=args.quick, seed=args.seed, device=args.device, overwrite=args.overwrite)
     if args.verbose:
-        _progress_to_stdout("vitfer.engine", "vitfer.data")
-    callbacks = [_Progress()] if sys.stderr.isatty() else []
+        progress_to_stdout("vitfer.engine", "vitfer.data")
+    callbacks = [Progress()] if sys.stderr.isatty() else []
     t0 = time.perf_counter()
     starts: dict[int, float] = {}
 

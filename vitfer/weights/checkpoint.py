@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .convert import _tuplify
+from .convert import tuplify
 from .errors import CheckpointError
 from .io import TORCH_SUFFIXES, atomic_save_safetensors, read_checkpoint, read_safetensors_metadata, sniff_format
 
@@ -215,12 +215,12 @@ def default_config(name: str):
     return registered_default(name)
 
 
-def _check_rebuildable(meta: Mapping[str, Any], sd: Mapping[str, Tensor]) -> None:
+def check_rebuildable(meta: Mapping[str, Any], sd: Mapping[str, Tensor]) -> None:
     """The model that :func:`load` will build from ``meta`` must have exactly ``sd``'s keys and shapes."""
     from .convert import build_meta, format_mismatch
 
     try:
-        ref = build_meta(meta["model"], **_tuplify(meta["overrides"])).state_dict()
+        ref = build_meta(meta["model"], **tuplify(meta["overrides"])).state_dict()
     except Exception as e:
         raise CheckpointError(
             f"cannot save {meta['model']}: rebuilding it from its config overrides {meta['overrides']} failed: {e}"
@@ -264,7 +264,7 @@ def save(
         )
     meta = model_metadata(model, class_names=class_names, source=source, init=init, **info)
     sd = model.state_dict()
-    _check_rebuildable(meta, sd)
+    check_rebuildable(meta, sd)
     out = atomic_save_safetensors(sd, path, {"vitfer": json.dumps(meta, sort_keys=True), "format": "pt"})
     _logger.info("saved %s (%d tensors) to %s", meta["model"], len(sd), out)
     return out
@@ -341,7 +341,7 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> nn.M
         import_all_families()
     if not is_model(name):
         raise CheckpointError(f"{path} holds a {name!r} model, which this vitfer does not provide (family {fam!r})")
-    overrides = _tuplify(info.get("overrides") or {})
+    overrides = tuplify(info.get("overrides") or {})
     try:
         # Every persistent tensor comes from the file: skip the random init where that is safe.
         model = build_empty(name, "cpu", **overrides) or create_model(name, **overrides)

@@ -90,18 +90,18 @@ def build_empty(name: str, device: Union[str, torch.device] = "cpu", **overrides
     return model.to_empty(device=device)
 
 
-def _tuplify(v: Any) -> Any:
+def tuplify(v: Any) -> Any:
     """JSON lists -> tuples (config overrides read back from checkpoint metadata)."""
     if isinstance(v, list):
-        return tuple(_tuplify(x) for x in v)
+        return tuple(tuplify(x) for x in v)
     if isinstance(v, dict):
-        return {k: _tuplify(x) for k, x in v.items()}
+        return {k: tuplify(x) for k, x in v.items()}
     return v
 
 
 @functools.lru_cache(maxsize=64)
 def _reference(name: str, overrides_json: str = "") -> tuple[tuple[tuple[str, tuple[int, ...]], ...], Any]:
-    overrides = _tuplify(json.loads(overrides_json)) if overrides_json else {"num_classes": 1000}
+    overrides = tuplify(json.loads(overrides_json)) if overrides_json else {"num_classes": 1000}
     model = build_meta(name, **overrides)
     shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
     return shapes, getattr(model, "cfg", None)
@@ -320,7 +320,7 @@ def checkpoint_architecture(metadata: Optional[Mapping[str, Any]]) -> tuple[Opti
         return None, {}
     model = info.get("model")
     overrides = info.get("overrides") or {}
-    return (model if isinstance(model, str) else None), (_tuplify(dict(overrides)) if isinstance(overrides, Mapping) else {})
+    return (model if isinstance(model, str) else None), (tuplify(dict(overrides)) if isinstance(overrides, Mapping) else {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,7 +606,7 @@ def convert_checkpoint(
     spec = model_spec(model_name)
     meta_model, overrides = checkpoint_architecture(metadata)
     # A vitfer checkpoint of this architecture is checked against the model it describes.
-    arch_overrides = overrides if meta_model is not None and _same_arch(meta_model, spec.name) else None
+    arch_overrides = overrides if meta_model is not None and same_arch(meta_model, spec.name) else None
     if fmt == "npz":
         conv = _NPZ_CONVERTERS.get(spec.family)
         if conv is None:
@@ -629,7 +629,7 @@ def convert_checkpoint(
     return convert_timm(spec.name, sd, source, meta_model, arch_overrides), layout
 
 
-def _same_arch(a: str, b: str) -> bool:
+def same_arch(a: str, b: str) -> bool:
     if a == b:
         return True
     try:

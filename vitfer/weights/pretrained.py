@@ -114,10 +114,10 @@ def checkpoint_grid_sizes(model_name: str, base: Optional[Mapping[str, Any]]) ->
     """The position-embedding grids of the model that a checkpoint's vitfer metadata ``base``
     describes (its model name and config overrides: ``img_size``, ``patch_size`` ...), if it
     describes ``model_name``'s architecture; ``None`` otherwise (no metadata: the grid is inferred)."""
-    from .convert import _same_arch, build_meta, checkpoint_architecture
+    from .convert import same_arch, build_meta, checkpoint_architecture
 
     name, overrides = checkpoint_architecture(base)
-    if name is None or not _same_arch(name, model_name):
+    if name is None or not same_arch(name, model_name):
         return None
     try:
         return pos_embed_grid_sizes(build_meta(name, **overrides))
