@@ -261,3 +261,62 @@ def test_study_tables_say_what_the_training_time_is(tmp_path):
     assert res["train_time_s"] == pytest.approx(sum(h["seconds"] for h in res["history"]))
     text = tables_markdown([], {"device": "CPU (2 threads)"})
     assert "validation and test excluded" in text and "CPU (2 threads)" in text and "named above" not in text
+
+
+# -- issue 28: the command line ----------------------------------------------------------------------
+def test_finetune_help_shows_the_values_the_default_run_uses(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    help_text = {}  # option -> its help, one line
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  -"):
+            option = line.split()[0].rstrip(",")
+            help_text[option] = line
+        elif line.startswith("   ") and help_text:
+            help_text[option] += " " + line.strip()
+    scratch = FinetuneConfig.from_recipe("scratch")
+    for option, value in (("--epochs", scratch.epochs), ("--batch-size", scratch.batch_size),
+                          ("--synthetic-n", scratch.synthetic_n), ("--amp", scratch.amp), ("--lr", scratch.lr),
+                          ("--model", scratch.model)):
+        shown = help_text[option].rsplit("(default: ", 1)[1].split(")", 1)[0]
+        assert shown == str(value), (option, shown)
+
+
+def test_options_left_out_keep_the_recipes_or_the_configs_values():
+    from vitfer.cli import build_parser
+    from vitfer.cli.finetune import config_from_args
+
+    def cfg(*argv):
+        args = build_parser().parse_args(["finetune", *argv])
+        args.argv = ["finetune", *argv]
+        return config_from_args(args)
+
+    assert cfg().epochs == RECIPES["scratch"]["datasets"]["synthetic"]["epochs"]
+    plain = cfg("--pretrained", "x.safetensors")  # no recipe: FinetuneConfig's own defaults, not scratch's
+    assert (plain.epochs, plain.batch_size, plain.amp, plain.recipe) == (5, 16, "none", None)
+    assert cfg("--dataset", "ckplus48", "--epochs", "3").user_set == ("dataset", "epochs")
+
+
+def test_folds_are_numbered_from_zero_everywhere(tmp_path, caplog, capsys):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="vitfer")
+    res = finetune(_tiny(tmp_path, split="kfold", n_folds=3, fold=1, synthetic_n=45))
+    assert "fold 1 of folds 0-2" in caplog.text
+    assert main(["evaluate", res["checkpoint"], "--device", "cpu"]) == 0
+    assert "fold 1, folds 0-2" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_says_how_to_resume_it(tmp_path, monkeypatch, capsys):
+    import vitfer.engine.run as run
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "train_and_test", interrupted)
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "8", "--synthetic-n",
+            "28", "--epochs", "1", "--quiet", "--out", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"vitfer finetune --resume {out}" in err and "Traceback" not in err
