@@ -60,8 +60,8 @@ def finetune(
 
     Raises:
         ValueError: a bad config, dataset or split (named); :class:`RunFolderError` when the
-            folder holds another run and ``overwrite`` is off, or when ``resume`` finds no run,
-            a different config.
+            folder holds another run and ``overwrite`` is off, or when ``resume`` finds no run
+            or a run of another config.
         TrainingError: the loss became non-finite (epoch and step named); the checkpoint and
             state of the last good epoch stay in place.
     """
