@@ -98,7 +98,7 @@ def test_evaluate_report_and_predict_see_the_runs_settings(tmp_path, data_root):
     ckpt = res["checkpoint"]
     recorded = res["split_record"]["files"]["test"]
 
-    ev = evaluate_checkpoint(ckpt, device="cpu")
+    ev = evaluate_checkpoint(tmp_path / "run", device="cpu")  # a run folder names its checkpoint
     assert (ev["img_size"], ev["amp"]) == (32, "bf16")
     assert ev["accuracy"] == res["test"]["accuracy"] and ev["confusion"] == res["test"]["confusion"]
     assert list(ev["per_class_accuracy"]) == res["classes"]

@@ -99,6 +99,7 @@ def evaluate_checkpoint(
     part is checked against the one the run recorded in its ``metrics.json``.
 
     Args:
+        checkpoint: a checkpoint file, or a run folder (its ``model.safetensors``).
         dataset: None: the run's own data; else ``synthetic``, ``ckplus48``, ``jaffe``, ``folder``
             or ``fer2013`` with ``data_dir``.
         split: ``all`` (every image; the default for another dataset) or a split kind, whose
@@ -111,7 +112,10 @@ def evaluate_checkpoint(
     from vitfer.data import build_transforms, class_index_map
     from vitfer.data.runs import check_split, run_data, run_dataset
 
+    from vitfer.weights import resolve_checkpoint
+
     dev = resolve_device(device)
+    checkpoint = resolve_checkpoint(checkpoint)  # a run folder: its model.safetensors
     model = vitfer.load(checkpoint, map_location=dev)
     run_cfg = run_config_of(checkpoint, model)
     if dataset is None and run_cfg is None:

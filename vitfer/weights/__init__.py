@@ -7,7 +7,7 @@ load, and self-describing checkpoints.
 
 Importing this package does not import huggingface_hub (that happens on the first download).
 """
-from .checkpoint import load, model_metadata, read_metadata, save
+from .checkpoint import RUN_CHECKPOINT, load, model_metadata, read_metadata, resolve_checkpoint, save
 from .convert import (
     FAMILIES,
     ORIGINAL_RELEASES,
@@ -30,6 +30,8 @@ __all__ = [
     "FAMILIES",
     "ORIGINAL_RELEASES",
     "CheckpointError",
+    "RUN_CHECKPOINT",
+    "resolve_checkpoint",
     "adapt_input_conv",
     "atomic_save_safetensors",
     "convert_checkpoint",

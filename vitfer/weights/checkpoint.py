@@ -35,12 +35,34 @@ from .convert import tuplify
 from .errors import CheckpointError
 from .io import TORCH_SUFFIXES, atomic_save_safetensors, read_checkpoint, read_safetensors_metadata, sniff_format
 
-__all__ = ["FORMAT_VERSION", "describe_state_dict", "load", "model_metadata", "read_metadata", "save"]
+__all__ = ["FORMAT_VERSION", "RUN_CHECKPOINT", "describe_state_dict", "load", "model_metadata", "read_metadata",
+           "resolve_checkpoint", "save"]
 
 _logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PathLike = Union[str, os.PathLike]
+#: The checkpoint a run folder holds (``vitfer finetune``'s best epoch).
+RUN_CHECKPOINT = "model.safetensors"
+
+
+def resolve_checkpoint(path: PathLike) -> Path:
+    """``path`` itself, or for a run folder its ``model.safetensors``.
+
+    Raises:
+        CheckpointError: ``path`` is a folder without ``model.safetensors`` (the message names the
+            run folders inside it, e.g. the folds of a cross-validation, when there are any).
+    """
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return p
+    if (p / RUN_CHECKPOINT).is_file():
+        return p / RUN_CHECKPOINT
+    runs = sorted(d.name for d in p.iterdir() if (d / RUN_CHECKPOINT).is_file())
+    hint = (f"; the run folders inside it: {', '.join(runs[:6])}{', ...' if len(runs) > 6 else ''} "
+            f"(give one of them, e.g. {p / runs[0]})") if runs else (
+        "; give a checkpoint file or the folder of a finished vitfer finetune run")
+    raise CheckpointError(f"{p} is a folder without {RUN_CHECKPOINT}{hint}")
 
 
 def _now() -> str:
@@ -288,7 +310,7 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
         CheckpointError: the file is missing, is not a checkpoint, or carries no vitfer metadata
             (a plain timm / torch checkpoint: the message says how to use it instead).
     """
-    path = Path(path).expanduser()
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     fmt = sniff_format(path)
@@ -328,7 +350,7 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> nn.M
     from .convert import build_empty
     from .pretrained import load_state_dict_strict
 
-    path = Path(path).expanduser()
+    path = resolve_checkpoint(path)
     info = read_metadata(path)
     name = info["model"]
     fam = info.get("family")
