@@ -24,6 +24,7 @@ from .config import (
     TrainingError,
     config_from_dict,
     default_lr,
+    patch_override,
     resolve_config,
 )
 from .cv import run_folds, summarize_folds, summary_markdown
@@ -31,7 +32,7 @@ from .evaluation import evaluate_checkpoint
 from .loop import Callback, EpochBatchSampler, RunContext
 from .run import build_dataset, finetune, run_or_reuse
 from .metrics import classification_metrics, evaluate
-from .model import build_model, param_groups, patch_override
+from .model import build_model, param_groups
 from .runs import (
     STATE_FILE, config_differences, default_out_dir, load_train_state, prepare_run_folder, run_status, save_train_state,
     versions,

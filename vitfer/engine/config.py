@@ -243,6 +243,21 @@ def _pretrained_image_size(pretrained: Union[bool, str]) -> Optional[int]:
     return int(size[-1] if isinstance(size, (list, tuple)) else size) if size else None
 
 
+def patch_override(family: str, patch: Optional[int], multi_conv: bool = False) -> Any:
+    """The ``patch_size`` override that ``FinetuneConfig.patch_size`` means for a family, or None
+    where the family keeps its own: ViT and ConViT take ``patch``; CrossViT takes ``(patch,
+    round(patch * 4 / 3))``, timm's 12:16 ratio between its branches, except the dagger variants
+    whose three-conv stem only exists for 12 and 16; the hybrid's patches count backbone feature
+    cells (its backbone already downsamples 16x) and CNNs have none."""
+    if patch is None:
+        return None
+    if family in ("vit", "convit"):
+        return patch
+    if family == "crossvit" and not multi_conv:
+        return (patch, max(1, round(patch * 4 / 3)))
+    return None
+
+
 def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
     """``cfg`` with nothing left to work out, as the run uses it and records it (``config.json``,
     the checkpoint's ``finetune_config``), so that evaluation, the report, prediction, resume and
@@ -259,8 +274,6 @@ def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
     """
     from vitfer.models.families import model_spec
     from vitfer.runtime import resolve_amp
-
-    from .model import patch_override
 
     cfg.validate()
     spec = model_spec(cfg.model)

@@ -2,29 +2,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
-from .config import FinetuneConfig
+from .config import FinetuneConfig, patch_override
 
 _logger = logging.getLogger(__name__)
-
-
-def patch_override(family: str, patch: Optional[int], multi_conv: bool = False) -> Any:
-    """The ``patch_size`` override that ``FinetuneConfig.patch_size`` means for a family, or None
-    where the family keeps its own: ViT and ConViT take ``patch``; CrossViT takes ``(patch,
-    round(patch * 4 / 3))``, timm's 12:16 ratio between its branches, except the dagger variants
-    whose three-conv stem only exists for 12 and 16; the hybrid's patches count backbone feature
-    cells (its backbone already downsamples 16x) and CNNs have none."""
-    if patch is None:
-        return None
-    if family in ("vit", "convit"):
-        return patch
-    if family == "crossvit" and not multi_conv:
-        return (patch, max(1, round(patch * 4 / 3)))
-    return None
 
 
 def build_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:

@@ -221,8 +221,6 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     leaving out :data:`RESUMABLE_CHANGES`."""
     from dataclasses import MISSING, fields
 
-    from .config import FinetuneConfig
-
     defaults = {f.name: f.default for f in fields(FinetuneConfig) if f.default is not MISSING}
     keys = sorted((set(old) | set(new)) - set(RESUMABLE_CHANGES))
     # a field added since the stored run was made is the same run when it holds its default
