@@ -16,14 +16,15 @@ load unchanged. Variants are rows of ``CONVIT_VARIANTS``; the width is ``head_di
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.gpsa import GPSA, GPSABlock, attention_distance, grid_distances
-from .base import ClassTokenModel, check_global_pool
+from .base import ClassTokenModel, check_global_pool, check_output_fmt, checkpoint_seq
+from .features import feature_take_indices
 from .registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg, create_model, register_family
 
 __all__ = [
@@ -126,6 +127,7 @@ class ConViT(ClassTokenModel):
         self.norm = LayerNorm6(dim)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self._token_feature_info(self.patch_embed.patch_size[0])
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -142,7 +144,11 @@ class ConViT(ClassTokenModel):
     @property
     def gpsa_layers(self) -> list[GPSA]:
         """The GPSA modules of blocks [0, local_up_to_layer)."""
-        return [b.attn for b in self.blocks if isinstance(b, GPSABlock)]
+        out = []
+        for b in self.blocks:
+            if isinstance(b, GPSABlock):
+                out.append(b.attn)
+        return out
 
     @torch.no_grad()
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
@@ -178,11 +184,52 @@ class ConViT(ClassTokenModel):
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> normed tokens (B, 1 + N, D) (class token first)."""
         x = self._embed(x)
+        ckpt = self._checkpointing()
         for u, blk in enumerate(self.blocks):
             if u == self.local_up_to_layer:
                 x = self._add_cls(x)
-            x = blk(x)
+            x = checkpoint_seq([blk], x) if ckpt else blk(x)
         return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[Tensor], tuple[Tensor, list[Tensor]]]:
+        """Block outputs as timm's ``ConVit.forward_intermediates``: index i is block i's output,
+        patch tokens only (the class token, present from block ``local_up_to_layer`` on, is
+        removed); see :meth:`VisionTransformer.forward_intermediates` for the arguments."""
+        check_output_fmt(output_fmt)
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self._embed(x)
+        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
+        ckpt = self._checkpointing()
+        ys = []
+        for i, blk in enumerate(blocks):
+            if i == self.local_up_to_layer:
+                x = self._add_cls(x)
+            x = checkpoint_seq([blk], x) if ckpt else blk(x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                ys.append(y[:, self.num_prefix_tokens :] if i >= self.local_up_to_layer else y)
+        ys = self._tokens_to_maps(ys, output_fmt)
+        if intermediates_only:
+            return ys
+        return self.norm(x), ys
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """As :meth:`ClassTokenModel.prune_intermediate_layers`; when only GPSA blocks remain the
+        class token would join after them, so a token-pooled head goes too (timm)."""
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        if max_index < self.local_up_to_layer and self.global_pool == "token":
+            prune_head = True
+        return super().prune_intermediate_layers(take, prune_norm, prune_head)
 
     # -- inspection --------------------------------------------------------------------------
     def gating_values(self) -> Tensor:

@@ -23,7 +23,7 @@ the position embeddings' grids (``set_input_size`` and :func:`checkpoint_filter_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.cross_attention import CrossAttentionBlock
-from .base import VitferModel, check_global_pool
+from .base import VitferModel, check_global_pool, check_output_fmt
+from .features import feature_take_indices
 from .registry import PretrainedCfg, create_model, register_family
 
 __all__ = [
@@ -91,6 +92,9 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+_POOLS = ("token", "avg")
 
 
 def scale_image(x: Tensor, size: tuple[int, int], crop_scale: bool = False) -> Tensor:
@@ -327,7 +331,7 @@ class CrossViT(VitferModel):
     def __init__(self, cfg: CrossViTConfig, name: str = "") -> None:
         super().__init__()
         self.model_name = name
-        check_global_pool(cfg.global_pool)
+        check_global_pool(cfg.global_pool, _POOLS)
         if not isinstance(cfg.patch_size, (tuple, list)):
             raise ValueError(
                 f"CrossViT's patch_size is a pair (branch 0, branch 1), e.g. (12, 16) or (6, 8); got {cfg.patch_size!r}"
@@ -378,6 +382,15 @@ class CrossViT(VitferModel):
         self.norm = nn.ModuleList(LayerNorm6(d) for d in self.embed_dim)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = self._make_heads(cfg.num_classes)
+        # one tap per branch and multi-scale block, branch-major (timm): index b * depth + i is
+        # branch b's patch tokens after block i
+        self.num_feature_blocks = len(self.blocks)
+        self.feature_info = [
+            dict(num_chs=self.embed_dim[b], reduction=round(cfg.patch_size[b] / self.img_scale[b]), module=f"blocks.{i}")
+            for b in range(self.num_branches)
+            for i in range(self.num_feature_blocks)
+        ]
+        self.default_out_indices = (self.num_feature_blocks - 1, 2 * self.num_feature_blocks - 1)  # features_only (timm)
         self.init_weights()
 
     def _scaled_sizes(self, img_size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -405,7 +418,7 @@ class CrossViT(VitferModel):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace both heads by freshly initialised Linear(D_i, num_classes) (Identity for 0)."""
         if global_pool is not None:
-            self.global_pool = check_global_pool(global_pool)
+            self.global_pool = check_global_pool(global_pool, _POOLS)
         self.num_classes = num_classes
         self.head = self._make_heads(num_classes, self.cls_token_0.device)
         self.head.apply(_init_weights)
@@ -443,12 +456,71 @@ class CrossViT(VitferModel):
             xs.append(self.pos_drop(torch.cat([cls.expand(B, -1, -1), t], dim=1) + pos))
         return xs
 
+    def _run_block(self, blk: nn.Module, xs: list[Tensor]) -> list[Tensor]:
+        if self._checkpointing():
+            from torch.utils.checkpoint import checkpoint
+
+            return list(checkpoint(lambda *ts: tuple(blk(list(ts))), *xs, use_reentrant=False))
+        return blk(xs)
+
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """x: (B, C, H, W) -> per-branch normed tokens [(B, 1 + N_0, D_0), (B, 1 + N_1, D_1)]."""
         xs = self._embed(x)
         for blk in self.blocks:
-            xs = blk(xs)
+            xs = self._run_block(blk, xs)
         return [norm(t) for norm, t in zip(self.norm, xs)]
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[Tensor], tuple[list[Tensor], list[Tensor]]]:
+        """Per-branch block outputs as timm's ``CrossVit.forward_intermediates``.
+
+        With D multi-scale blocks, index i < D is branch 0's (small patches) patch tokens after
+        block i and index D + i branch 1's; ``norm`` applies the branch's final norm. Returns
+        ``(forward_features(x), intermediates)`` (the first a list of the two branches' tokens) or
+        only the intermediates, (B, D_b, h_b, w_b) maps (``"NCHW"``) or (B, N_b, D_b) (``"NLC"``).
+        """
+        check_output_fmt(output_fmt)
+        nb = self.num_feature_blocks
+        take, _ = feature_take_indices(self.num_branches * nb, indices)
+        max_block = max(i % nb for i in take)
+        xs = self._embed(x)
+        blocks = self.blocks[: max_block + 1] if stop_early else self.blocks
+        per_branch: list[list[Tensor]] = [[] for _ in range(self.num_branches)]
+        for i, blk in enumerate(blocks):
+            xs = self._run_block(blk, xs)
+            for b, norm_layer in enumerate(self.norm):
+                if b * nb + i in take:
+                    per_branch[b].append((norm_layer(xs[b]) if norm else xs[b])[:, 1:])
+        ys: list[Tensor] = []
+        for pe, feats in zip(self.patch_embed, per_branch):
+            if output_fmt == "NCHW":
+                h, w = pe.grid_size
+                feats = [y.reshape(y.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous() for y in feats]
+            ys.extend(feats)
+        if intermediates_only:
+            return ys
+        return [norm_layer(t) for norm_layer, t in zip(self.norm, xs)], ys
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Keep the multi-scale blocks up to the last one any index of either branch needs (timm:
+        the other branch's fusion in that block stays, unused)."""
+        nb = self.num_feature_blocks
+        take, _ = feature_take_indices(self.num_branches * nb, indices)
+        self.blocks = self.blocks[: max(i % nb for i in take) + 1]
+        if prune_norm:
+            self.norm = nn.ModuleList(nn.Identity() for _ in range(self.num_branches))
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_head(self, xs: list[Tensor], pre_logits: bool = False) -> Tensor:
         """per-branch tokens -> mean of the two heads' logits (B, num_classes), or with
@@ -469,7 +541,7 @@ class CrossViT(VitferModel):
             return self.forward_head(self.forward_features(x))
         xs = self._embed(x)
         for blk in self.blocks:
-            xs = blk(xs)
+            xs = self._run_block(blk, xs)
         return self.forward_head([norm(t[:, :1]) for norm, t in zip(self.norm, xs)])
 
     def attention_maps(self, x: Tensor) -> list[dict[str, list[Tensor]]]:

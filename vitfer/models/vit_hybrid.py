@@ -307,6 +307,7 @@ class HybridVisionTransformer(VisionTransformer):
         super().__init__(replace(cfg, img_size=embed.grid_size, patch_size=1), name)
         self.patch_embed = embed
         self.cfg = cfg
+        self.set_feature_info()
 
 
 HYBRID_VARIANTS: dict[str, dict[str, Any]] = {
