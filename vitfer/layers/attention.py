@@ -24,6 +24,7 @@ import threading
 from typing import Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -293,6 +294,11 @@ def scaled_dot_product_attention(
     q, k, v = _common_dtype(q, k, v)
     out, w = _manual_attention(q, k, v, attn_mask, dropout_p, scale, return_weights)
     return (out, w) if return_weights else out
+
+
+# torch.fx: a traced graph calls the dispatch as one node, which picks SDPA or the hand-written
+# path at run time from the actual tensors (the device is not known while tracing).
+torch.fx.wrap("scaled_dot_product_attention")
 
 
 def _common_dtype(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -17,6 +17,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from .tracing import is_tracing
+
 __all__ = ["ConvNormAct", "ConvStem"]
 
 
@@ -40,6 +42,10 @@ class ConvNormAct(nn.Module):
 
 
 class _BatchNormReLU(nn.BatchNorm2d):
+    def _check_input_dim(self, input: Tensor) -> None:
+        if not is_tracing():  # torch.fx traces into this subclass: no Python check on a traced value
+            super()._check_input_dim(input)
+
     def forward(self, x: Tensor) -> Tensor:
         return nn.functional.relu(super().forward(x), inplace=True)
 

@@ -26,11 +26,14 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from .attention import check_attention_args, scaled_dot_product_attention
 from .block import LayerNorm6
 from .drop_path import DropPath
+
+torch.fx.wrap("scaled_dot_product_attention")  # one graph node under torch.fx (see attention.py)
 
 __all__ = ["CrossAttention", "CrossAttentionBlock"]
 

@@ -13,11 +13,15 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._compile import is_compiling
-from .padding import is_static_pad, same_pad_amounts
+from .padding import conv2d_same, is_static_pad
+from .tracing import is_tracing
+
+torch.fx.wrap("conv2d_same")  # one graph node under torch.fx: SAME padding depends on the input size
 from .patch_embed import to_2tuple
 
 __all__ = ["StdConv2dSame", "standardize_weight"]
@@ -77,7 +81,7 @@ class StdConv2dSame(nn.Conv2d):
     def standardized_weight(self) -> Tensor:
         """The standardised kernel (O, I, kh, kw) used by ``forward``."""
         w = self.weight
-        if is_compiling() or (torch.is_grad_enabled() and w.requires_grad):
+        if is_compiling() or is_tracing() or (torch.is_grad_enabled() and w.requires_grad):
             return standardize_weight(w, self.eps)
         key = (w._version, w.data_ptr(), w.dtype, w.device, torch.is_inference_mode_enabled(), self.eps)
         cache = self._std_cache
@@ -87,17 +91,9 @@ class StdConv2dSame(nn.Conv2d):
         return cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        padding = self.padding
         if self.same_pad:
-            left, right, top, bottom = same_pad_amounts(
-                (x.shape[-2], x.shape[-1]), self.kernel_size, self.stride, self.dilation
-            )
-            if left == right and top == bottom:
-                padding = (top, left)
-            else:
-                x = F.pad(x, (left, right, top, bottom))
-                padding = (0, 0)
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, padding, self.dilation, self.groups)
+            return conv2d_same(x, self.standardized_weight(), self.bias, self.stride, self.dilation, self.groups)
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", eps={self.eps}, tf_same_padding=True"

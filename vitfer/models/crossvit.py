@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.cross_attention import CrossAttentionBlock
+from ..layers.tracing import is_tracing
 from .base import VitferModel, check_global_pool, check_output_fmt
 from .features import feature_take_indices
 from .registry import PretrainedCfg, create_model, register_family
@@ -110,6 +112,9 @@ def scale_image(x: Tensor, size: tuple[int, int], crop_scale: bool = False) -> T
         top, left = int(round((H - size[0]) / 2.0)), int(round((W - size[1]) / 2.0))
         return x[:, :, top : top + size[0], left : left + size[1]]
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+
+
+torch.fx.wrap("scale_image")  # one graph node under torch.fx: it branches on the input size
 
 
 def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
@@ -202,7 +207,12 @@ class CrossViTPatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> (B, N, D)."""
-        if tuple(x.shape[-2:]) != self.img_size:
+        if is_tracing():
+            torch._assert(
+                (x.shape[-2] == self.img_size[0]) & (x.shape[-1] == self.img_size[1]),
+                f"patch embedding expects {self.img_size[0]}x{self.img_size[1]} inputs",
+            )
+        elif tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(
                 f"patch embedding expects {self.img_size[0]}x{self.img_size[1]} inputs, got "
                 f"{x.shape[-2]}x{x.shape[-1]}"

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..layers import DropPath, check_input
 from ..layers.classifier import classifier_head
+from ..layers.tracing import is_tracing
 from .base import VitferModel, check_output_fmt, checkpoint_seq
 from .features import feature_take_indices
 from .registry import PretrainedCfg, create_model, register_family
@@ -244,6 +245,8 @@ class ResNet(VitferModel):
     def _check_input(self, x: Tensor) -> None:
         name = self.model_name or "ResNet"
         check_input(x, self.in_chans, None, name)
+        if is_tracing():
+            return
         h, w = x.shape[-2:]
         if h < 1 or w < 1:
             raise ValueError(f"{name} needs an input of at least 1x1, got {h}x{w}")

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import check_input
+from ..layers.tracing import is_tracing
 from .base import VitferModel, check_output_fmt
 from .features import feature_take_indices
 from .resnet import check_cnn_pool
@@ -37,6 +39,29 @@ class VGGConfig:
     drop_rate: float = 0.0  # dropout after fc1 and before the classifier
     channels_last: bool = True  # run the convolutions in channels-last memory format (faster with oneDNN)
     global_pool: str = "avg"  # "avg", or "" (no pooling: only with num_classes=0, as timm)
+
+
+def conv_mlp(
+    x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, kernel: int, drop_p: float = 0.0
+) -> Tensor:
+    """``relu(conv(drop(relu(conv(x, w1, b1))), w2, b2))`` of :class:`ConvMlp` (x pooled up to
+    ``kernel`` first when smaller; matrix products on exactly kernel-sized maps). One node under
+    torch.fx: the path depends on the input size."""
+    k = kernel
+    h, w = x.shape[-2:]
+    if h < k or w < k:
+        x = F.adaptive_avg_pool2d(x, (max(k, h), max(k, w)))
+    if x.shape[-2] == k and x.shape[-1] == k:
+        b = x.shape[0]
+        x = F.relu_(F.linear(x.reshape(b, -1), w1.reshape(w1.shape[0], -1), b1))
+        x = F.dropout(x, drop_p, training=drop_p > 0.0)
+        x = F.relu_(F.linear(x, w2.reshape(w2.shape[0], -1), b2))
+        return x.reshape(b, -1, 1, 1)
+    x = F.dropout(F.relu_(F.conv2d(x, w1, b1)), drop_p, training=drop_p > 0.0)
+    return F.relu_(F.conv2d(x, w2, b2))
+
+
+torch.fx.wrap("conv_mlp")
 
 
 class ConvMlp(nn.Module):
@@ -63,18 +88,8 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Conv2d(mid, out_features, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        k = self.input_kernel_size
-        h, w = x.shape[-2:]
-        if h < k or w < k:
-            x = F.adaptive_avg_pool2d(x, (max(k, h), max(k, w)))
-        if x.shape[-2] == k and x.shape[-1] == k:
-            b = x.shape[0]
-            x = F.relu_(F.linear(x.reshape(b, -1), self.fc1.weight.reshape(self.fc1.out_channels, -1), self.fc1.bias))
-            x = self.drop(x)
-            x = F.relu_(F.linear(x, self.fc2.weight.reshape(self.fc2.out_channels, -1), self.fc2.bias))
-            return x.reshape(b, -1, 1, 1)
-        x = self.drop(F.relu_(self.fc1(x)))
-        return F.relu_(self.fc2(x))
+        p = self.drop.p if self.training else 0.0
+        return conv_mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.input_kernel_size, p)
 
 
 class ClassifierHead(nn.Module):
@@ -219,7 +234,12 @@ class VGG(VitferModel):
     def _check_input(self, x: Tensor) -> None:
         name = self.model_name or "VGG"
         check_input(x, self.in_chans, None, name)
-        if x.shape[-2] < MIN_INPUT_SIZE or x.shape[-1] < MIN_INPUT_SIZE:
+        if is_tracing():
+            torch._assert(
+                (x.shape[-2] >= MIN_INPUT_SIZE) & (x.shape[-1] >= MIN_INPUT_SIZE),
+                f"{name} needs an input of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}",
+            )
+        elif x.shape[-2] < MIN_INPUT_SIZE or x.shape[-1] < MIN_INPUT_SIZE:
             raise ValueError(
                 f"{name} needs an input of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (five 2x2 max-pools), "
                 f"got {x.shape[-2]}x{x.shape[-1]}"
