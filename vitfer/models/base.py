@@ -212,7 +212,7 @@ class ClassTokenModel(VitferModel):
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         if num_classes > 0:
-            self.head = nn.Linear(self.embed_dim, num_classes, device=self.pos_embed.device)
+            self.head = nn.Linear(self.embed_dim, num_classes, device=self.norm_device())
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
         else:
@@ -227,6 +227,9 @@ class ClassTokenModel(VitferModel):
             x = x[:, 0]
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
+
+    def norm_device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def _token_feature_info(self, reduction: int) -> None:
         self.feature_info = [

@@ -179,6 +179,8 @@ class ConViT(ClassTokenModel):
         return self.pos_drop(x)
 
     def _add_cls(self, x: Tensor) -> Tensor:
+        if self.cls_token is None:  # pruned (prune_intermediate_layers)
+            return x
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -227,8 +229,11 @@ class ConViT(ClassTokenModel):
         """As :meth:`ClassTokenModel.prune_intermediate_layers`; when only GPSA blocks remain the
         class token would join after them, so a token-pooled head goes too (timm)."""
         take, max_index = feature_take_indices(len(self.blocks), indices)
-        if max_index < self.local_up_to_layer and self.global_pool == "token":
-            prune_head = True
+        if max_index < self.local_up_to_layer:
+            # the class token would join after the kept blocks: it goes, and a token-pooled head with it
+            self.cls_token = None
+            self.num_prefix_tokens = 0
+            prune_head = prune_head or self.global_pool == "token"
         return super().prune_intermediate_layers(take, prune_norm, prune_head)
 
     # -- inspection --------------------------------------------------------------------------

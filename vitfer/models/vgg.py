@@ -250,6 +250,15 @@ class VGG(VitferModel):
         self._check_input(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self._checkpointing():
+            from torch.utils.checkpoint import checkpoint
+
+            start = 0  # one checkpointed segment per conv group and its max-pool
+            for end in self.feature_ends[:-1] + [len(self.features) - 2]:
+                if end + 2 > start:
+                    x = checkpoint(self.features[start : end + 2], x, use_reentrant=False)
+                start = end + 2
+            return x
         return self.features(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
