@@ -17,7 +17,6 @@ images, and writes its result in (B, N, H, d) memory order as PyTorch's CPU flas
 so the head merge after it is a view. Asking for attention weights always takes the hand-written
 path.
 """
-from __future__ import annotations
 
 import math
 import threading
@@ -346,6 +345,12 @@ class Attention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptAttention
+
+        return ScriptAttention(self)
 
     def forward(
         self,

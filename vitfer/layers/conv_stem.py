@@ -10,11 +10,11 @@ it is what makes a transformer learn from scratch at all (see the ``scratch`` re
 Names and arithmetic follow timm's ``vision_transformer_hybrid.ConvStem`` (``N.conv``, ``N.bn``,
 the last layer a biased conv without norm or activation), so the two load each other's weights.
 """
-from __future__ import annotations
 
 import math
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .tracing import is_tracing
@@ -47,7 +47,13 @@ class _BatchNormReLU(nn.BatchNorm2d):
             super()._check_input_dim(input)
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.relu(super().forward(x), inplace=True)
+        if not torch.jit.is_scripting():
+            return nn.functional.relu(super().forward(x), inplace=True)
+        y = nn.functional.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+            0.1 if self.momentum is None else self.momentum, self.eps,
+        )
+        return nn.functional.relu(y, inplace=True)
 
 
 class ConvStem(nn.Sequential):

@@ -21,7 +21,6 @@ rounding. Attention dropout in training breaks the "weights sum to one" step, so
 The attention itself goes through :func:`vitfer.layers.attention.scaled_dot_product_attention`
 (PyTorch's fused kernel on CUDA, the hand-written path elsewhere and whenever weights are asked for).
 """
-from __future__ import annotations
 
 from typing import Callable
 
@@ -74,6 +73,12 @@ class CrossAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptCrossAttention
+
+        return ScriptCrossAttention(self)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, N, C) -> (B, 1, C) [, weights (B, H, 1, N)]."""
@@ -149,6 +154,12 @@ class CrossAttentionBlock(nn.Module):
             dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, impl=attn_impl
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptCrossAttentionBlock
+
+        return ScriptCrossAttentionBlock(self)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, N, C) -> (B, 1, C) [, weights (B, H, 1, N)]."""

@@ -25,7 +25,6 @@ Parameter names are timm's: ``qk`` (fused q|k, no bias by default), ``v``, ``pro
 buffer built for the configured patch grid at construction; :meth:`GPSA.set_grid_size` rebuilds
 them. ``forward`` never mutates the module (``torch.compile``-friendly).
 """
-from __future__ import annotations
 
 from typing import Callable, Optional
 
@@ -316,6 +315,12 @@ class GPSA(nn.Module):
                 f"{self.grid_size[1]} patch grid, got {tuple(x.shape)}; call set_grid_size() for another grid"
             )
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptGPSA
+
+        return ScriptGPSA(self)
+
     def forward(
         self, x: Tensor, return_attention: bool = False, residual: Optional[Tensor] = None
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -378,6 +383,12 @@ class GPSABlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptGPSABlock
+
+        return ScriptGPSABlock(self)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """With ``return_attention`` also returns the (B, H, N, N) mixed attention weights.

@@ -5,7 +5,6 @@ puts the extra row / column at the bottom / right: (p // 2, p - p // 2). PyTorch
 ``padding=`` is symmetric, so the ViT-R50 hybrid's strided convolutions and its stem max-pool
 pad the input explicitly (timm's ``pad_same``), the pool with ``-inf``.
 """
-from __future__ import annotations
 
 import math
 from typing import Optional

@@ -14,7 +14,6 @@ per 4 KiB. Measured on vit_tiny at batch 8 (2 cores): these fusions take the for
 Under autocast the plain path is taken (``addmm`` would otherwise run, and leave the residual
 stream, in the low-precision dtype).
 """
-from __future__ import annotations
 
 from typing import Optional
 

@@ -8,7 +8,6 @@ kernel to zero mean and unit (biased) variance before convolving::
 computed, as in timm's ``StdConv2dSame``, with ``F.batch_norm`` over (1, O, I*kh*kw) so that the
 rounding is the same. The hybrid's checkpoints use ``eps=1e-8``.
 """
-from __future__ import annotations
 
 from typing import Any, Optional
 
@@ -80,6 +79,11 @@ class StdConv2dSame(nn.Conv2d):
 
     def standardized_weight(self) -> Tensor:
         """The standardised kernel (O, I, kh, kw) used by ``forward``."""
+        if not torch.jit.is_scripting():
+            return self._standardized_weight_cached()
+        return standardize_weight(self.weight, self.eps)
+
+    def _standardized_weight_cached(self) -> Tensor:
         w = self.weight
         if is_compiling() or is_tracing() or (torch.is_grad_enabled() and w.requires_grad):
             return standardize_weight(w, self.eps)

@@ -14,6 +14,6 @@ __all__ = ["is_tracing"]
 
 def is_tracing() -> bool:
     """True while ``torch.fx`` symbolically traces the caller (or TorchScript compiles it)."""
-    if torch.jit.is_scripting():
-        return True
-    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+    if not torch.jit.is_scripting():  # (TorchScript skips this block, it cannot compile it)
+        return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+    return True

@@ -1,5 +1,4 @@
 """The uniform model API shared by every vitfer model."""
-from __future__ import annotations
 
 import copy
 from typing import Any, Optional, Union
@@ -34,6 +33,15 @@ def build_config(config_cls: type, variant: dict[str, Any], overrides: dict[str,
     return config_cls(**{**variant, **overrides})
 
 
+def structural_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s tree of modules that shares its parameters and buffers."""
+    new = copy.copy(module)
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._modules = {k: None if m is None else structural_copy(m) for k, m in module._modules.items()}
+    return new
+
+
 class VitferModel(nn.Module):
     """Base class: ``forward = forward_head(forward_features(x))``.
 
@@ -50,12 +58,21 @@ class VitferModel(nn.Module):
     model_name: str = ""
     num_features: int
     in_chans: int
-    grad_checkpointing: bool = False
+    # Python-side properties TorchScript must not compile
+    __jit_unused_properties__ = ["num_classes", "head_hidden_size", "default_cfg", "img_size"]
 
     def __init__(self) -> None:
         super().__init__()
         self.pretrained_cfg: dict[str, Any] = {}
         self.feature_info: list[dict[str, Any]] = []
+        self.grad_checkpointing = False
+
+    def __prepare_scriptable__(self) -> "VitferModel":
+        """``torch.jit.script(model)``: TorchScript swaps the transformer layers for their
+        scriptable forms (:mod:`vitfer.layers.scriptable`) in the module tree it compiles; this
+        gives it a copy of the tree (sharing parameters and buffers) so that ``model`` itself
+        keeps its fast eager layers."""
+        return structural_copy(self)
 
     @property
     def head_hidden_size(self) -> int:
@@ -75,7 +92,7 @@ class VitferModel(nn.Module):
         self.grad_checkpointing = bool(enable)
 
     def _checkpointing(self) -> bool:
-        return self.grad_checkpointing and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()
 
     @property
     def num_classes(self) -> int:

@@ -13,7 +13,6 @@ load unchanged. Variants are rows of ``CONVIT_VARIANTS``; the width is ``head_di
     model.gating_values()            # (10, 16): how positional each GPSA head still is
     model.attention_distances(x)     # (12, 16): mean attention distance per layer and head
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -84,6 +83,8 @@ def _square_grid(grid: tuple[int, int], img_size: tuple[int, int], patch_size: t
 
 
 class ConViT(ClassTokenModel):
+    __jit_unused_properties__ = ClassTokenModel.__jit_unused_properties__ + ["gpsa_layers"]
+
     """ConViT: patch embedding + position embedding, GPSA blocks, class token, MHSA blocks.
 
     x: (B, C, H, W) -> ``forward_features`` (B, 1 + N, D) -> logits (B, num_classes).
@@ -172,25 +173,31 @@ class ConViT(ClassTokenModel):
     # -- forward -----------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> patch tokens with position embedding (B, N, D)."""
-        check_input(x, self.in_chans, self.img_size, self.model_name or "ConViT")
+        check_input(x, self.in_chans, self.patch_embed.img_size, (self.model_name if len(self.model_name) > 0 else "ConViT"))
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
         return self.pos_drop(x)
 
     def _add_cls(self, x: Tensor) -> Tensor:
-        if self.cls_token is None:  # pruned (prune_intermediate_layers)
+        cls = self.cls_token
+        if cls is None:  # pruned (prune_intermediate_layers)
             return x
-        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> normed tokens (B, 1 + N, D) (class token first)."""
         x = self._embed(x)
-        ckpt = self._checkpointing()
+        if not torch.jit.is_scripting() and self._checkpointing():
+            for u, blk in enumerate(self.blocks):
+                if u == self.local_up_to_layer:
+                    x = self._add_cls(x)
+                x = checkpoint_seq([blk], x)
+            return self.norm(x)
         for u, blk in enumerate(self.blocks):
             if u == self.local_up_to_layer:
                 x = self._add_cls(x)
-            x = checkpoint_seq([blk], x) if ckpt else blk(x)
+            x = blk(x)
         return self.norm(x)
 
     def forward_intermediates(

@@ -20,7 +20,6 @@ when ``crop_scale=True`` and the input is large enough. Building a model with ``
 calling :meth:`CrossViT.set_input_size`) changes the branch sizes to ``int(S * img_scale[i])`` and
 the position embeddings' grids (``set_input_size`` and :func:`checkpoint_filter_fn` resample them).
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -207,7 +206,7 @@ class CrossViTPatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> (B, N, D)."""
-        if is_tracing():
+        if torch.jit.is_scripting() or is_tracing():
             torch._assert(
                 (x.shape[-2] == self.img_size[0]) & (x.shape[-1] == self.img_size[1]),
                 f"patch embedding expects {self.img_size[0]}x{self.img_size[1]} inputs",
@@ -287,6 +286,12 @@ class MultiScaleBlock(nn.Module):
             nn.Sequential(LayerNorm6(dim[(d + 1) % nb]), nn.GELU(), nn.Linear(dim[(d + 1) % nb], dim[d]))
             for d in range(nb)
         )
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from ..layers.scriptable import ScriptMultiScaleBlock
+
+        return ScriptMultiScaleBlock(self)
 
     def forward(
         self, xs: list[Tensor], return_attention: bool = False
@@ -457,7 +462,7 @@ class CrossViT(VitferModel):
     # -- forward -----------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> list[Tensor]:
         """x: (B, C, H, W) -> [(B, 1 + N_0, D_0), (B, 1 + N_1, D_1)] with class token and positions."""
-        check_input(x, self.in_chans, None, self.model_name or "CrossViT")
+        check_input(x, self.in_chans, None, (self.model_name if len(self.model_name) > 0 else "CrossViT"))
         B = x.shape[0]
         xs = []
         for i, pe in enumerate(self.patch_embed):
@@ -466,6 +471,16 @@ class CrossViT(VitferModel):
             xs.append(self.pos_drop(torch.cat([cls.expand(B, -1, -1), t], dim=1) + pos))
         return xs
 
+    def _run_blocks(self, xs: list[Tensor]) -> list[Tensor]:
+        if not torch.jit.is_scripting() and self._checkpointing():
+            for blk in self.blocks:
+                xs = self._run_block(blk, xs)
+            return xs
+        for blk in self.blocks:
+            xs = blk(xs)
+        return xs
+
+    @torch.jit.unused
     def _run_block(self, blk: nn.Module, xs: list[Tensor]) -> list[Tensor]:
         if self._checkpointing():
             from torch.utils.checkpoint import checkpoint
@@ -475,10 +490,11 @@ class CrossViT(VitferModel):
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """x: (B, C, H, W) -> per-branch normed tokens [(B, 1 + N_0, D_0), (B, 1 + N_1, D_1)]."""
-        xs = self._embed(x)
-        for blk in self.blocks:
-            xs = self._run_block(blk, xs)
-        return [norm(t) for norm, t in zip(self.norm, xs)]
+        xs = self._run_blocks(self._embed(x))
+        out: list[Tensor] = []
+        for i, norm in enumerate(self.norm):
+            out.append(norm(xs[i]))
+        return out
 
     def forward_intermediates(
         self,
@@ -535,11 +551,15 @@ class CrossViT(VitferModel):
     def forward_head(self, xs: list[Tensor], pre_logits: bool = False) -> Tensor:
         """per-branch tokens -> mean of the two heads' logits (B, num_classes), or with
         ``pre_logits`` (or no classes) the pooled tokens concatenated (B, D_0 + D_1)."""
-        pooled = [t[:, 1:].mean(dim=1) if self.global_pool == "avg" else t[:, 0] for t in xs]
-        pooled = [self.head_drop(t) for t in pooled]
-        if pre_logits or self.num_classes == 0:
+        pooled: list[Tensor] = []
+        for t in xs:
+            pooled.append(self.head_drop(t[:, 1:].mean(dim=1) if self.global_pool == "avg" else t[:, 0]))
+        if pre_logits or isinstance(self.head[0], nn.Identity):
             return torch.cat(pooled, dim=1)
-        return torch.stack([head(t) for head, t in zip(self.head, pooled)], dim=0).mean(dim=0)
+        logits: list[Tensor] = []
+        for i, head in enumerate(self.head):
+            logits.append(head(pooled[i]))
+        return torch.stack(logits, dim=0).mean(dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> logits (B, num_classes) (features (B, D_0 + D_1) if num_classes=0).
@@ -549,10 +569,11 @@ class CrossViT(VitferModel):
         """
         if self.global_pool != "token":
             return self.forward_head(self.forward_features(x))
-        xs = self._embed(x)
-        for blk in self.blocks:
-            xs = self._run_block(blk, xs)
-        return self.forward_head([norm(t[:, :1]) for norm, t in zip(self.norm, xs)])
+        xs = self._run_blocks(self._embed(x))
+        cls: list[Tensor] = []
+        for i, norm in enumerate(self.norm):
+            cls.append(norm(xs[i][:, :1]))
+        return self.forward_head(cls)
 
     def attention_maps(self, x: Tensor) -> list[dict[str, list[Tensor]]]:
         """Attention weights of every layer, per branch (hand-written attention path).

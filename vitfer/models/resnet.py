@@ -7,7 +7,6 @@ shortcut projection instead of a strided projection. Parameter names follow timm
 ``downsample.{1,2}``, ``fc``), so timm checkpoints load unchanged. Depths are rows of
 ``RESNET_VARIANTS``.
 """
-from __future__ import annotations
 
 import math
 from dataclasses import dataclass
@@ -231,7 +230,7 @@ class ResNet(VitferModel):
         ``head_hidden``; Identity for 0); ``global_pool`` ``"avg"`` or ``""`` (no pooling, with 0
         classes only)."""
         if global_pool is not None:
-            self.global_pool = check_cnn_pool(global_pool, num_classes, self.model_name or "ResNet")
+            self.global_pool = check_cnn_pool(global_pool, num_classes, (self.model_name if len(self.model_name) > 0 else "ResNet"))
         elif self.global_pool == "" and num_classes > 0:
             self.global_pool = "avg"
         self.num_classes = num_classes
@@ -243,9 +242,9 @@ class ResNet(VitferModel):
         return math.ceil(img_size[0] / 32), math.ceil(img_size[1] / 32)
 
     def _check_input(self, x: Tensor) -> None:
-        name = self.model_name or "ResNet"
+        name = (self.model_name if len(self.model_name) > 0 else "ResNet")
         check_input(x, self.in_chans, None, name)
-        if is_tracing():
+        if torch.jit.is_scripting() or is_tracing():
             return
         h, w = x.shape[-2:]
         if h < 1 or w < 1:
@@ -265,7 +264,7 @@ class ResNet(VitferModel):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        if self._checkpointing():
+        if not torch.jit.is_scripting() and self._checkpointing():
             for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
                 x = checkpoint_seq(layer, x)
             return x

@@ -8,7 +8,6 @@ follow timm's ``vgg16`` / ``vgg19``, so timm checkpoints load unchanged.
 ``forward_head(x, pre_logits=True)`` gives the 4096-d features after ``fc2`` + ReLU (the study's
 SVM features).
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -17,6 +16,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import check_input
 from ..layers.tracing import is_tracing
@@ -42,7 +42,7 @@ class VGGConfig:
 
 
 def conv_mlp(
-    x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, kernel: int, drop_p: float = 0.0
+    x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], kernel: int, drop_p: float = 0.0
 ) -> Tensor:
     """``relu(conv(drop(relu(conv(x, w1, b1))), w2, b2))`` of :class:`ConvMlp` (x pooled up to
     ``kernel`` first when smaller; matrix products on exactly kernel-sized maps). One node under
@@ -170,7 +170,7 @@ class VGG(VitferModel):
         """Replace ``head.fc`` by a fresh Linear(head_hidden_size, num_classes) (Identity for 0);
         ``global_pool`` ``"avg"`` or ``""`` (no pooling, with 0 classes only)."""
         if global_pool is not None:
-            self.global_pool = check_cnn_pool(global_pool, num_classes, self.model_name or "VGG")
+            self.global_pool = check_cnn_pool(global_pool, num_classes, (self.model_name if len(self.model_name) > 0 else "VGG"))
         elif self.global_pool == "" and num_classes > 0:
             self.global_pool = "avg"
         self.head.global_pool = self.global_pool
@@ -232,12 +232,12 @@ class VGG(VitferModel):
         return take
 
     def _check_input(self, x: Tensor) -> None:
-        name = self.model_name or "VGG"
+        name = (self.model_name if len(self.model_name) > 0 else "VGG")
         check_input(x, self.in_chans, None, name)
-        if is_tracing():
+        if torch.jit.is_scripting() or is_tracing():
             torch._assert(
-                (x.shape[-2] >= MIN_INPUT_SIZE) & (x.shape[-1] >= MIN_INPUT_SIZE),
-                f"{name} needs an input of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}",
+                (x.shape[-2] >= 32) & (x.shape[-1] >= 32),  # MIN_INPUT_SIZE
+                f"{name} needs an input of at least 32x32",
             )
         elif x.shape[-2] < MIN_INPUT_SIZE or x.shape[-1] < MIN_INPUT_SIZE:
             raise ValueError(
@@ -250,9 +250,7 @@ class VGG(VitferModel):
         self._check_input(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self._checkpointing():
-            from torch.utils.checkpoint import checkpoint
-
+        if not torch.jit.is_scripting() and self._checkpointing():
             start = 0  # one checkpointed segment per conv group and its max-pool
             for end in self.feature_ends[:-1] + [len(self.features) - 2]:
                 if end + 2 > start:

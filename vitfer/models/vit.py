@@ -3,7 +3,6 @@
 Parameter names, initialisation and numerics follow timm's ``VisionTransformer`` so that timm
 checkpoints load unchanged. Variants are rows of ``VIT_VARIANTS``.
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -119,7 +118,7 @@ class VisionTransformer(ClassTokenModel):
 
     # -- forward -----------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> Tensor:
-        check_input(x, self.in_chans, self.img_size, self.model_name or "ViT")
+        check_input(x, self.in_chans, self.patch_embed.img_size, (self.model_name if len(self.model_name) > 0 else "ViT"))
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.pos_drop(x)
@@ -127,7 +126,10 @@ class VisionTransformer(ClassTokenModel):
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> normed tokens (B, 1 + N, D)."""
         x = self._embed(x)
-        x = checkpoint_seq(self.blocks, x) if self._checkpointing() else self.blocks(x)
+        if not torch.jit.is_scripting() and self._checkpointing():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
         return self.norm(x)
 
     def forward_intermediates(
