@@ -201,6 +201,19 @@ def gated_attention(
     B, N, C = v.shape
     H = num_heads
     d = C // H
+    if torch.jit.is_scripting():  # a scripted traced graph: the plain formula, same dispatch
+        q, k = qk.view(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+        vh = v.view(B, N, H, d).transpose(1, 2)
+        g = gate.to(qk.dtype).view(1, H, 1, 1)
+        pos = pos.to(qk.dtype)
+        if (impl == "sdpa" or (impl == "auto" and qk.is_cuda)) and dropout_p == 0.0:
+            out = torch.lerp(F.scaled_dot_product_attention(q, k, vh, scale=scale), torch.matmul(pos, vh), g)
+        else:
+            a = torch.lerp((torch.matmul(q, k.transpose(-2, -1)) * scale).softmax(dim=-1), pos.unsqueeze(0), g)
+            if dropout_p > 0.0:
+                a = F.dropout(a, p=dropout_p, training=True)
+            out = torch.matmul(a, vh)
+        return out.transpose(1, 2).reshape(B, N, C)
     if resolve_impl(impl, qk) == "sdpa" and dropout_p == 0.0:
         q, k = qk.view(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
         vh = v.view(B, N, H, d).transpose(1, 2)

@@ -57,7 +57,16 @@ def fused_linear_residual(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Tensor, inplace: bool = False
 ) -> Tensor:
     """``residual + F.linear(x, weight, bias)`` with the residual as the GEMM's accumulator where
-    possible (see :func:`linear_residual`). One node under torch.fx: the choice is made at run time."""
+    possible (see :func:`linear_residual`). One node under torch.fx: the choice is made at run time
+    (a scripted traced graph adds plainly)."""
+    if torch.jit.is_scripting():
+        return residual + torch.nn.functional.linear(x, weight, bias)
+    return _fused_linear_residual(x, weight, bias, residual, inplace)
+
+
+def _fused_linear_residual(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Tensor, inplace: bool
+) -> Tensor:
     if not _fusable(x, weight, residual):
         return residual + torch.nn.functional.linear(x, weight, bias)
     x2 = x.reshape(-1, x.shape[-1])
@@ -76,8 +85,9 @@ def fused_linear_residual(
 def act_inplace_if_no_grad(h: Tensor, kind: str, approximate: str = "none") -> Tensor:
     """GELU (``kind="gelu"``) or ReLU of ``h``, in place when no gradient is needed (``h`` is a
     fresh intermediate of the caller). One node under torch.fx."""
-    if no_grad_needed(h):
-        return torch.ops.aten.gelu_(h, approximate=approximate) if kind == "gelu" else h.relu_()
+    if not torch.jit.is_scripting():
+        if no_grad_needed(h):
+            return torch.ops.aten.gelu_(h, approximate=approximate) if kind == "gelu" else h.relu_()
     return torch.nn.functional.gelu(h, approximate=approximate) if kind == "gelu" else torch.relu(h)
 
 
