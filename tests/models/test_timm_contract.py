@@ -200,6 +200,8 @@ def test_reset_classifier_and_global_pool_like_timm(family):
 @pytest.mark.parametrize("fam", IDS)
 def test_grad_checkpointing_same_outputs_and_gradients(fam):
     ours, _ = _pair(fam)
+    if fam == "vgg":  # checkpointing covers the conv features; its 100M-parameter ConvMlp head only slows the test
+        ours.prune_intermediate_layers(5)
     ours.train()
     size = FAMILIES[fam][2]
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
