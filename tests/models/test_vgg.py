@@ -66,7 +66,7 @@ def test_bad_inputs(pair16):
 
 def test_api_and_pretrained_cfg():
     m = vgg16(num_classes=NUM_CLASSES, drop_rate=0.3)
-    assert m.model_name == "vgg16" and m.num_features == 4096
+    assert m.model_name == "vgg16" and m.num_features == 512 and m.head_hidden_size == 4096  # timm's
     assert m.pre_logits.drop.p == 0.3 and m.head.drop.p == 0.3
     cfg = m.pretrained_cfg
     assert cfg["hf_hub_id"] == "timm/vgg16.tv_in1k" and cfg["interpolation"] == "bilinear"

@@ -17,20 +17,21 @@ images, and writes its result in (B, N, H, d) memory order as PyTorch's CPU flas
 so the head merge after it is a view. Asking for attention weights always takes the hand-written
 path.
 """
-from __future__ import annotations
 
 import math
 import threading
 from typing import Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._compile import is_compiling
 from .residual import branch_output
+from .tracing import is_tracing
 
-__all__ = ["scaled_dot_product_attention", "Attention", "ATTENTION_IMPLS", "check_attention_args", "resolve_impl", "clear_scratch"]
+__all__ = ["attention", "scaled_dot_product_attention", "Attention", "ATTENTION_IMPLS", "check_attention_args", "resolve_impl", "clear_scratch"]
 
 ATTENTION_IMPLS = ("auto", "manual", "sdpa")
 
@@ -295,6 +296,36 @@ def scaled_dot_product_attention(
     return (out, w) if return_weights else out
 
 
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float = 0.0, impl: str = "auto",
+    attn_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """:func:`scaled_dot_product_attention` without attention weights, in a form TorchScript also
+    compiles: the call a torch.fx-traced layer makes (one graph node, dispatching at run time as in
+    eager mode; a scripted traced graph keeps the dispatch: SDPA on CUDA tensors, the hand-written
+    ``softmax(q k^T * scale + mask) v`` elsewhere)."""
+    if not torch.jit.is_scripting():
+        return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, impl=impl)
+    if impl == "sdpa" or (impl == "auto" and q.is_cuda):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    a = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            a = a.masked_fill(~attn_mask, float("-inf"))
+        else:
+            a = a + attn_mask
+    a = a.softmax(dim=-1)
+    if dropout_p > 0.0:
+        a = F.dropout(a, p=dropout_p, training=True)
+    return torch.matmul(a, v)
+
+
+# torch.fx: a traced graph calls the dispatch as one node, which picks SDPA or the hand-written
+# path at run time from the actual tensors (the device is not known while tracing).
+torch.fx.wrap("scaled_dot_product_attention")
+torch.fx.wrap("attention")
+
+
 def _common_dtype(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One dtype for the hand-written path, whose ``out=`` kernels do not mix dtypes: under
     autocast its dtype (as autocast casts the inputs of the fused kernel), otherwise the promoted
@@ -341,6 +372,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptAttention
+
+        return ScriptAttention(self)
+
     def forward(
         self,
         x: Tensor,
@@ -355,10 +392,13 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         p = self.attn_drop.p if self.training else 0.0
-        res = scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale, impl=self.impl,
-            return_weights=return_attention,
-        )
+        if not return_attention and is_tracing():  # one traced node that TorchScript also compiles
+            res = attention(q, k, v, self.scale, p, self.impl, attn_mask)
+        else:
+            res = scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale, impl=self.impl,
+                return_weights=return_attention,
+            )
         out, w = res if return_attention else (res, None)
         out = branch_output(out.transpose(1, 2).reshape(B, N, C), self.proj, self.proj_drop, residual)
         return (out, w) if return_attention else out

@@ -1,5 +1,4 @@
 """Pre-norm transformer block."""
-from __future__ import annotations
 
 from functools import partial
 from typing import Callable, Optional
@@ -43,6 +42,12 @@ class Block(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptBlock
+
+        return ScriptBlock(self)
 
     def forward(
         self, x: Tensor, attn_mask: Optional[Tensor] = None, return_attention: bool = False

@@ -1,6 +1,5 @@
 """Classifier heads: one Linear layer, or an MLP of fully connected layers (the study's ResNet50
 head: flatten, then three fully connected layers)."""
-from __future__ import annotations
 
 from typing import Optional, Sequence
 

@@ -10,12 +10,14 @@ it is what makes a transformer learn from scratch at all (see the ``scratch`` re
 Names and arithmetic follow timm's ``vision_transformer_hybrid.ConvStem`` (``N.conv``, ``N.bn``,
 the last layer a biased conv without norm or activation), so the two load each other's weights.
 """
-from __future__ import annotations
 
 import math
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
+
+from .tracing import is_tracing
 
 __all__ = ["ConvNormAct", "ConvStem"]
 
@@ -40,8 +42,18 @@ class ConvNormAct(nn.Module):
 
 
 class _BatchNormReLU(nn.BatchNorm2d):
+    def _check_input_dim(self, input: Tensor) -> None:
+        if not is_tracing():  # torch.fx traces into this subclass: no Python check on a traced value
+            super()._check_input_dim(input)
+
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.relu(super().forward(x), inplace=True)
+        if not torch.jit.is_scripting():
+            return nn.functional.relu(super().forward(x), inplace=True)
+        y = nn.functional.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+            0.1 if self.momentum is None else self.momentum, self.eps,
+        )
+        return nn.functional.relu(y, inplace=True)
 
 
 class ConvStem(nn.Sequential):

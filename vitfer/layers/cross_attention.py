@@ -21,16 +21,20 @@ rounding. Attention dropout in training breaks the "weights sum to one" step, so
 The attention itself goes through :func:`vitfer.layers.attention.scaled_dot_product_attention`
 (PyTorch's fused kernel on CUDA, the hand-written path elsewhere and whenever weights are asked for).
 """
-from __future__ import annotations
 
 from typing import Callable
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
-from .attention import check_attention_args, scaled_dot_product_attention
+from .attention import attention, check_attention_args, scaled_dot_product_attention
 from .block import LayerNorm6
 from .drop_path import DropPath
+from .tracing import is_tracing
+
+torch.fx.wrap("scaled_dot_product_attention")  # one graph node under torch.fx (see attention.py)
+torch.fx.wrap("attention")
 
 __all__ = ["CrossAttention", "CrossAttentionBlock"]
 
@@ -72,6 +76,12 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptCrossAttention
+
+        return ScriptCrossAttention(self)
+
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, N, C) -> (B, 1, C) [, weights (B, H, 1, N)]."""
         p = self.attn_drop.p if self.training else 0.0
@@ -95,10 +105,14 @@ class CrossAttention(nn.Module):
             # q_h . bk_h: constant along the keys (cancels in the softmax), kept for timm's graph
             mask = (qh * self.wk.bias.view(H, 1, hd)).sum(-1).mul(self.scale)  # (H, B)
             mask = mask.transpose(0, 1).reshape(B, 1, H, 1)
-        res = scaled_dot_product_attention(
-            qx.transpose(0, 1).unsqueeze(1), x.unsqueeze(1), x.unsqueeze(1), attn_mask=mask,
-            scale=self.scale, impl=self.impl, return_weights=return_attention,
-        )  # queries (B, 1, H, C), keys = values = x (B, 1, N, C)
+        # queries (B, 1, H, C), keys = values = x (B, 1, N, C)
+        if not return_attention and is_tracing():  # one traced node that TorchScript also compiles
+            res = attention(qx.transpose(0, 1).unsqueeze(1), x.unsqueeze(1), x.unsqueeze(1), self.scale, 0.0, self.impl, mask)
+        else:
+            res = scaled_dot_product_attention(
+                qx.transpose(0, 1).unsqueeze(1), x.unsqueeze(1), x.unsqueeze(1), attn_mask=mask,
+                scale=self.scale, impl=self.impl, return_weights=return_attention,
+            )
         ax, w = res if return_attention else (res, None)  # ax: (B, 1, H, C) = sum_j a_hj x_j
         # Wv_h (sum_j a_hj x_j) for every head: (H, B, C) @ (H, C, hd) -> (H, B, hd)
         out = torch.bmm(ax.squeeze(1).transpose(0, 1), self.wv.weight.view(H, hd, C).transpose(1, 2))
@@ -116,9 +130,12 @@ class CrossAttention(nn.Module):
         qh = q.view(B, 1, H, hd).transpose(1, 2)
         k = self.wk(x).view(B, N, H, hd).transpose(1, 2)
         v = self.wv(x).view(B, N, H, hd).transpose(1, 2)
-        res = scaled_dot_product_attention(
-            qh, k, v, dropout_p=p, scale=self.scale, impl=self.impl, return_weights=return_attention
-        )
+        if not return_attention and is_tracing():
+            res = attention(qh, k, v, self.scale, p, self.impl)
+        else:
+            res = scaled_dot_product_attention(
+                qh, k, v, dropout_p=p, scale=self.scale, impl=self.impl, return_weights=return_attention
+            )
         out, w = res if return_attention else (res, None)
         return out.transpose(1, 2).reshape(B, 1, C), w
 
@@ -146,6 +163,12 @@ class CrossAttentionBlock(nn.Module):
             dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, impl=attn_impl
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptCrossAttentionBlock
+
+        return ScriptCrossAttentionBlock(self)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, N, C) -> (B, 1, C) [, weights (B, H, 1, N)]."""

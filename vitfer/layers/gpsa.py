@@ -25,11 +25,11 @@ Parameter names are timm's: ``qk`` (fused q|k, no bias by default), ``v``, ``pro
 buffer built for the configured patch grid at construction; :meth:`GPSA.set_grid_size` rebuilds
 them. ``forward`` never mutates the module (``torch.compile``-friendly).
 """
-from __future__ import annotations
 
 from typing import Callable, Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -37,6 +37,7 @@ from .attention import _CHUNK_BYTES, _balanced, check_attention_args, resolve_im
 from .drop_path import DropPath
 from .mlp import Mlp
 from .residual import branch_output, has_hooks
+from .tracing import is_tracing
 
 __all__ = ["GPSA", "GPSABlock", "attention_distance", "grid_distances", "rel_indices"]
 
@@ -186,6 +187,46 @@ def _gated_attention_manual(
     return out, w
 
 
+def gated_attention(
+    qk: Tensor, v: Tensor, pos: Tensor, gate: Tensor, num_heads: int, scale: float, impl: str = "auto",
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """``((1 - g) softmax(q k^T * scale) + g P) v`` -> (B, N, C), with the dispatch of
+    :mod:`vitfer.layers.attention`: the split SDPA form on CUDA (``impl="auto"``) or with
+    ``"sdpa"``, when there is no attention dropout; the hand-written chunks otherwise.
+
+    qk: (B, N, 2C) fused q|k projection, v: (B, N, C), pos: (H, N, N) positional attention,
+    gate: (H,) sigmoid gates. One node under torch.fx (the choice is made at run time).
+    """
+    B, N, C = v.shape
+    H = num_heads
+    d = C // H
+    if torch.jit.is_scripting():  # a scripted traced graph: the plain formula, same dispatch
+        q, k = qk.view(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+        vh = v.view(B, N, H, d).transpose(1, 2)
+        g = gate.to(qk.dtype).view(1, H, 1, 1)
+        pos = pos.to(qk.dtype)
+        if (impl == "sdpa" or (impl == "auto" and qk.is_cuda)) and dropout_p == 0.0:
+            out = torch.lerp(F.scaled_dot_product_attention(q, k, vh, scale=scale), torch.matmul(pos, vh), g)
+        else:
+            a = torch.lerp((torch.matmul(q, k.transpose(-2, -1)) * scale).softmax(dim=-1), pos.unsqueeze(0), g)
+            if dropout_p > 0.0:
+                a = F.dropout(a, p=dropout_p, training=True)
+            out = torch.matmul(a, vh)
+        return out.transpose(1, 2).reshape(B, N, C)
+    if resolve_impl(impl, qk) == "sdpa" and dropout_p == 0.0:
+        q, k = qk.view(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+        vh = v.view(B, N, H, d).transpose(1, 2)
+        content = F.scaled_dot_product_attention(q, k, vh, scale=scale)  # (B, H, N, d)
+        positional = torch.matmul(pos.to(vh.dtype), vh)  # (H, N, N) @ (B, H, N, d)
+        g = gate.to(content.dtype).view(1, H, 1, 1)
+        return torch.lerp(content, positional, g).transpose(1, 2).reshape(B, N, C)
+    return _gated_attention_manual(qk, v, pos, gate, H, scale, dropout_p, False)[0]
+
+
+torch.fx.wrap("gated_attention")
+
+
 class GPSA(nn.Module):
     """Gated positional self-attention over the N = S*S patch tokens of a square grid.
 
@@ -275,11 +316,23 @@ class GPSA(nn.Module):
         return self.pos_proj(ri).permute(2, 0, 1).softmax(dim=-1)
 
     def _check(self, x: Tensor) -> None:
+        if is_tracing():
+            torch._assert(
+                (x.dim() == 3) & (x.shape[1] == self.num_patches) & (x.shape[2] == self.dim),
+                f"GPSA expects tokens (B, {self.num_patches}, {self.dim})",
+            )
+            return
         if x.ndim != 3 or x.shape[1] != self.num_patches or x.shape[2] != self.dim:
             raise ValueError(
                 f"GPSA expects tokens (B, {self.num_patches}, {self.dim}) for its {self.grid_size[0]}x"
                 f"{self.grid_size[1]} patch grid, got {tuple(x.shape)}; call set_grid_size() for another grid"
             )
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptGPSA
+
+        return ScriptGPSA(self)
 
     def forward(
         self, x: Tensor, return_attention: bool = False, residual: Optional[Tensor] = None
@@ -292,24 +345,16 @@ class GPSA(nn.Module):
         ``get_attention`` (a change of about 1e-7).
         """
         self._check(x)
-        B, N, C = x.shape
-        H, d = self.num_heads, self.head_dim
         qk = self.qk(x)  # (B, N, 2C)
         v = self.v(x)  # (B, N, C)
         pos = self.positional_attention(qk.dtype)  # (H, N, N), once for the whole batch
         gate = self.gating()
         p = self.attn_drop.p if self.training else 0.0
-        path = "manual" if return_attention else resolve_impl(self.impl, x)
         w = None
-        if path == "sdpa" and p == 0.0:
-            q, k = qk.view(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
-            vh = v.view(B, N, H, d).transpose(1, 2)
-            content = F.scaled_dot_product_attention(q, k, vh, scale=self.scale)  # (B, H, N, d)
-            positional = torch.matmul(pos.to(vh.dtype), vh)  # (H, N, N) @ (B, H, N, d)
-            g = gate.to(content.dtype).view(1, H, 1, 1)
-            out = torch.lerp(content, positional, g).transpose(1, 2).reshape(B, N, C)
+        if return_attention:
+            out, w = _gated_attention_manual(qk, v, pos, gate, self.num_heads, self.scale, p, True)
         else:
-            out, w = _gated_attention_manual(qk, v, pos, gate, H, self.scale, p, return_attention)
+            out = gated_attention(qk, v, pos, gate, self.num_heads, self.scale, self.impl, p)
         out = branch_output(out, self.proj, self.proj_drop, residual)
         if return_attention:
             return out, w / w.sum(dim=-1, keepdim=True)
@@ -351,6 +396,12 @@ class GPSABlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptGPSABlock
+
+        return ScriptGPSABlock(self)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """With ``return_attention`` also returns the (B, H, N, N) mixed attention weights.

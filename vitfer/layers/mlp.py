@@ -1,5 +1,4 @@
 """Transformer feed-forward block."""
-from __future__ import annotations
 
 from typing import Callable, Optional
 
@@ -33,6 +32,12 @@ class Mlp(nn.Module):
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from .scriptable import ScriptMlp
+
+        return ScriptMlp(self)
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, inplace: bool = False) -> Tensor:
         """``fc2(drop(act(fc1(x))))``, or ``residual + ...`` of it with ``residual`` as the

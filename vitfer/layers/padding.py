@@ -5,16 +5,20 @@ puts the extra row / column at the bottom / right: (p // 2, p - p // 2). PyTorch
 ``padding=`` is symmetric, so the ViT-R50 hybrid's strided convolutions and its stem max-pool
 pad the input explicitly (timm's ``pad_same``), the pool with ``-inf``.
 """
-from __future__ import annotations
 
 import math
+from typing import Optional
 
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .patch_embed import to_2tuple
 
-__all__ = ["MaxPool2dSame", "get_same_padding", "is_static_pad", "pad_same", "same_pad_amounts"]
+__all__ = [
+    "MaxPool2dSame", "conv2d_same", "get_same_padding", "is_static_pad", "max_pool2d_same", "pad_same",
+    "same_pad_amounts",
+]
 
 
 def get_same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> int:
@@ -54,6 +58,41 @@ def _ceil_pool_size(size: int, kernel_size: int, stride: int, padding: int) -> i
     return out - 1 if (out - 1) * stride >= size + padding else out
 
 
+def max_pool2d_same(x: Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """Max-pooling of x (B, C, H, W) with TF SAME padding filled with ``-inf`` (see
+    :class:`MaxPool2dSame`). One node under torch.fx: the padding is computed at run time."""
+    size = (x.shape[-2], x.shape[-1])
+    left, right, top, bottom = same_pad_amounts(size, kernel_size, stride)
+    pad = (top, left)
+    if all(
+        2 * p <= k and n + 2 * p >= k and _ceil_pool_size(n, k, s, p) == math.ceil(n / s)
+        for n, k, s, p in zip(size, kernel_size, stride, pad)
+    ):
+        return F.max_pool2d(x, kernel_size, stride, pad, ceil_mode=True)
+    x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+    return F.max_pool2d(x, kernel_size, stride)
+
+
+def conv2d_same(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: tuple[int, int], dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+) -> Tensor:
+    """``F.conv2d`` with TF SAME padding (symmetric padding passed to the convolution where it
+    is symmetric, an explicit ``F.pad`` otherwise). One node under torch.fx."""
+    k = (weight.shape[-2], weight.shape[-1])
+    left, right, top, bottom = same_pad_amounts((x.shape[-2], x.shape[-1]), k, stride, dilation)
+    if left == right and top == bottom:
+        padding = (top, left)
+    else:
+        x = F.pad(x, (left, right, top, bottom))
+        padding = (0, 0)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+torch.fx.wrap("pad_same")
+torch.fx.wrap("max_pool2d_same")
+
+
 class MaxPool2dSame(nn.Module):
     """Max-pooling with TF SAME padding filled with ``-inf`` (timm's ``MaxPool2dSame``).
 
@@ -72,16 +111,7 @@ class MaxPool2dSame(nn.Module):
         self.stride = to_2tuple(stride if stride is not None else kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        size = (x.shape[-2], x.shape[-1])
-        left, right, top, bottom = same_pad_amounts(size, self.kernel_size, self.stride)
-        pad = (top, left)
-        if all(
-            2 * p <= k and n + 2 * p >= k and _ceil_pool_size(n, k, s, p) == math.ceil(n / s)
-            for n, k, s, p in zip(size, self.kernel_size, self.stride, pad)
-        ):
-            return F.max_pool2d(x, self.kernel_size, self.stride, pad, ceil_mode=True)
-        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
-        return F.max_pool2d(x, self.kernel_size, self.stride)
+        return max_pool2d_same(x, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding=SAME"

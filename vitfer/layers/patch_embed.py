@@ -1,10 +1,11 @@
 """Image to patch tokens."""
-from __future__ import annotations
 
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from .tracing import is_tracing
 
 __all__ = ["PatchEmbed", "to_2tuple", "check_input"]
 
@@ -17,11 +18,28 @@ def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(x), int(x)
 
 
+
 def check_input(x: Tensor, in_chans: int, img_size: Optional[tuple[int, int]], model: str = "model") -> None:
     """Raise a ``ValueError`` naming expected and actual values if ``x`` is not (B, in_chans, H, W).
 
-    ``img_size=None`` accepts any spatial size.
+    ``img_size=None`` accepts any spatial size. While traced (torch.fx) the checks are
+    ``torch._assert`` nodes of the graph (AssertionError with the same facts).
     """
+    if torch.jit.is_scripting() or is_tracing():
+        torch._assert(x.dim() == 4, f"{model} expects a 4-D input (B, {in_chans}, H, W)")
+        torch._assert(x.shape[1] == in_chans, f"{model} expects {in_chans} input channels")
+        if img_size is not None:
+            torch._assert(
+                (x.shape[2] == img_size[0]) & (x.shape[3] == img_size[1]),
+                f"{model} expects input size {img_size[0]}x{img_size[1]}",
+            )
+        return
+    if not torch.jit.is_scripting():
+        check_input_eager(x, in_chans, img_size, model)
+
+
+def check_input_eager(x: Tensor, in_chans: int, img_size: Optional[tuple[int, int]], model: str = "model") -> None:
+    """The eager checks of :func:`check_input` (ValueError / TypeError naming the culprit)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{model} expects a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
     if x.ndim != 4:

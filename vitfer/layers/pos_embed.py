@@ -1,5 +1,4 @@
 """Resampling of absolute position embeddings to another patch grid."""
-from __future__ import annotations
 
 import logging
 import math

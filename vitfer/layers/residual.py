@@ -14,14 +14,17 @@ per 4 KiB. Measured on vit_tiny at batch 8 (2 cores): these fusions take the for
 Under autocast the plain path is taken (``addmm`` would otherwise run, and leave the residual
 stream, in the low-precision dtype).
 """
-from __future__ import annotations
 
 from typing import Optional
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
-__all__ = ["linear_residual", "branch_output", "activation", "no_grad_needed", "has_hooks"]
+__all__ = [
+    "act_inplace_if_no_grad", "activation", "branch_output", "fused_linear_residual", "has_hooks", "linear_residual",
+    "no_grad_needed",
+]
 
 
 def no_grad_needed(*tensors: Tensor) -> bool:
@@ -40,14 +43,56 @@ def has_hooks(*modules: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
-def _fusable(x: Tensor, linear: nn.Linear, residual: Tensor) -> bool:
+def _fusable(x: Tensor, weight: Tensor, residual: Tensor) -> bool:
     return (
-        residual.dtype == x.dtype == linear.weight.dtype
-        and residual.shape[-1] == linear.out_features
+        residual.dtype == x.dtype == weight.dtype
+        and residual.shape[-1] == weight.shape[0]
         and residual.shape[:-1] == x.shape[:-1]
         and residual.is_contiguous()
         and not torch.is_autocast_enabled(x.device.type)
     )
+
+
+def fused_linear_residual(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Tensor, inplace: bool = False
+) -> Tensor:
+    """``residual + F.linear(x, weight, bias)`` with the residual as the GEMM's accumulator where
+    possible (see :func:`linear_residual`). One node under torch.fx: the choice is made at run time
+    (a scripted traced graph adds plainly)."""
+    if torch.jit.is_scripting():
+        return residual + torch.nn.functional.linear(x, weight, bias)
+    return _fused_linear_residual(x, weight, bias, residual, inplace)
+
+
+def _fused_linear_residual(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Tensor, inplace: bool
+) -> Tensor:
+    if not _fusable(x, weight, residual):
+        return residual + torch.nn.functional.linear(x, weight, bias)
+    x2 = x.reshape(-1, x.shape[-1])
+    r2 = residual.view(-1, residual.shape[-1])
+    params = (weight,) if bias is None else (weight, bias)
+    if inplace and no_grad_needed(x, residual, *params):
+        r2.addmm_(x2, weight.t())
+        out = residual
+    else:
+        out = torch.addmm(r2, x2, weight.t()).view(residual.shape)
+    if bias is not None:
+        out.add_(bias)  # addmm's backward does not need its output: in place is fine
+    return out
+
+
+def act_inplace_if_no_grad(h: Tensor, kind: str, approximate: str = "none") -> Tensor:
+    """GELU (``kind="gelu"``) or ReLU of ``h``, in place when no gradient is needed (``h`` is a
+    fresh intermediate of the caller). One node under torch.fx."""
+    if not torch.jit.is_scripting():
+        if no_grad_needed(h):
+            return torch.ops.aten.gelu_(h, approximate=approximate) if kind == "gelu" else h.relu_()
+    return torch.nn.functional.gelu(h, approximate=approximate) if kind == "gelu" else torch.relu(h)
+
+
+torch.fx.wrap("fused_linear_residual")
+torch.fx.wrap("act_inplace_if_no_grad")
 
 
 def linear_residual(x: Tensor, linear: nn.Linear, residual: Tensor, inplace: bool = False) -> Tensor:
@@ -60,19 +105,7 @@ def linear_residual(x: Tensor, linear: nn.Linear, residual: Tensor, inplace: boo
         inplace: the caller owns ``residual`` and allows it to be overwritten; honoured only when
             no gradient is needed (see :func:`no_grad_needed`), otherwise a new tensor is returned.
     """
-    if not _fusable(x, linear, residual):
-        return residual + linear(x)
-    x2 = x.reshape(-1, x.shape[-1])
-    r2 = residual.view(-1, residual.shape[-1])
-    params = (linear.weight,) if linear.bias is None else (linear.weight, linear.bias)
-    if inplace and no_grad_needed(x, residual, *params):
-        r2.addmm_(x2, linear.weight.t())
-        out = residual
-    else:
-        out = torch.addmm(r2, x2, linear.weight.t()).view(residual.shape)
-    if linear.bias is not None:
-        out.add_(linear.bias)  # addmm's backward does not need its output: in place is fine
-    return out
+    return fused_linear_residual(x, linear.weight, linear.bias, residual, inplace)
 
 
 def branch_output(
@@ -91,9 +124,8 @@ def branch_output(
 def activation(act: nn.Module, h: Tensor) -> Tensor:
     """``act(h)``, in place on ``h`` (a fresh intermediate the caller owns) for exact GELU/ReLU
     when no gradient is needed."""
-    if no_grad_needed(h):
-        if type(act) is nn.GELU:
-            return torch.ops.aten.gelu_(h, approximate=act.approximate)
-        if type(act) is nn.ReLU:
-            return h.relu_()
+    if type(act) is nn.GELU:
+        return act_inplace_if_no_grad(h, "gelu", act.approximate)
+    if type(act) is nn.ReLU:
+        return act_inplace_if_no_grad(h, "relu")
     return act(h)

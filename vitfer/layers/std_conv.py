@@ -8,16 +8,19 @@ kernel to zero mean and unit (biased) variance before convolving::
 computed, as in timm's ``StdConv2dSame``, with ``F.batch_norm`` over (1, O, I*kh*kw) so that the
 rounding is the same. The hybrid's checkpoints use ``eps=1e-8``.
 """
-from __future__ import annotations
 
 from typing import Any, Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._compile import is_compiling
-from .padding import is_static_pad, same_pad_amounts
+from .padding import conv2d_same, is_static_pad
+from .tracing import is_tracing
+
+torch.fx.wrap("conv2d_same")  # one graph node under torch.fx: SAME padding depends on the input size
 from .patch_embed import to_2tuple
 
 __all__ = ["StdConv2dSame", "standardize_weight"]
@@ -76,8 +79,13 @@ class StdConv2dSame(nn.Conv2d):
 
     def standardized_weight(self) -> Tensor:
         """The standardised kernel (O, I, kh, kw) used by ``forward``."""
+        if not torch.jit.is_scripting():
+            return self._standardized_weight_cached()
+        return standardize_weight(self.weight, self.eps)
+
+    def _standardized_weight_cached(self) -> Tensor:
         w = self.weight
-        if is_compiling() or (torch.is_grad_enabled() and w.requires_grad):
+        if is_compiling() or is_tracing() or (torch.is_grad_enabled() and w.requires_grad):
             return standardize_weight(w, self.eps)
         key = (w._version, w.data_ptr(), w.dtype, w.device, torch.is_inference_mode_enabled(), self.eps)
         cache = self._std_cache
@@ -87,17 +95,9 @@ class StdConv2dSame(nn.Conv2d):
         return cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        padding = self.padding
         if self.same_pad:
-            left, right, top, bottom = same_pad_amounts(
-                (x.shape[-2], x.shape[-1]), self.kernel_size, self.stride, self.dilation
-            )
-            if left == right and top == bottom:
-                padding = (top, left)
-            else:
-                x = F.pad(x, (left, right, top, bottom))
-                padding = (0, 0)
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, padding, self.dilation, self.groups)
+            return conv2d_same(x, self.standardized_weight(), self.bias, self.stride, self.dilation, self.groups)
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", eps={self.eps}, tf_same_padding=True"

@@ -1,15 +1,25 @@
 """The uniform model API shared by every vitfer model."""
-from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from .registry import PretrainedCfg
 
-__all__ = ["VitferModel", "ClassTokenModel", "GLOBAL_POOLS", "build_config", "check_global_pool"]
+__all__ = ["VitferModel", "ClassTokenModel", "GLOBAL_POOLS", "build_config", "check_global_pool", "check_output_fmt", "checkpoint_seq"]
+
+
+def checkpoint_seq(blocks: Any, x: Tensor) -> Tensor:
+    """``x`` through each module of ``blocks`` in turn, each under activation checkpointing
+    (``torch.utils.checkpoint``, non-reentrant): its activations are recomputed in the backward
+    instead of being kept, trading about one extra forward for memory."""
+    from torch.utils.checkpoint import checkpoint
+
+    for blk in blocks:
+        x = checkpoint(blk, x, use_reentrant=False)
+    return x
 
 
 def build_config(config_cls: type, variant: dict[str, Any], overrides: dict[str, Any], model_name: str):
@@ -23,10 +33,20 @@ def build_config(config_cls: type, variant: dict[str, Any], overrides: dict[str,
     return config_cls(**{**variant, **overrides})
 
 
+def structural_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s tree of modules that shares its parameters and buffers."""
+    new = copy.copy(module)
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._modules = {k: None if m is None else structural_copy(m) for k, m in module._modules.items()}
+    return new
+
+
 class VitferModel(nn.Module):
     """Base class: ``forward = forward_head(forward_features(x))``.
 
-    Subclasses set ``num_classes``, ``num_features`` (width of ``forward_head(pre_logits=True)``),
+    Subclasses set ``num_classes``, ``num_features`` (channels of ``forward_features``; ``head_hidden_size``
+    is the width of ``forward_head(pre_logits=True)``, the same but for VGG),
     ``in_chans`` and implement ``forward_features``, ``forward_head``, ``reset_classifier`` and
     ``get_classifier``. ``pretrained_cfg`` is a dict (hub id, input size, mean/std, crop_pct,
     interpolation) whose ``input_size`` and ``num_classes`` are the model's own (a 7-class model
@@ -38,10 +58,41 @@ class VitferModel(nn.Module):
     model_name: str = ""
     num_features: int
     in_chans: int
+    # Python-side properties TorchScript must not compile
+    __jit_unused_properties__ = ["num_classes", "head_hidden_size", "default_cfg", "img_size"]
 
     def __init__(self) -> None:
         super().__init__()
         self.pretrained_cfg: dict[str, Any] = {}
+        self.feature_info: list[dict[str, Any]] = []
+        self.grad_checkpointing = False
+
+    def __prepare_scriptable__(self) -> "VitferModel":
+        """``torch.jit.script(model)``: TorchScript swaps the transformer layers for their
+        scriptable forms (:mod:`vitfer.layers.scriptable`) in the module tree it compiles; this
+        gives it a copy of the tree (sharing parameters and buffers) so that ``model`` itself
+        keeps its fast eager layers."""
+        return structural_copy(self)
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of ``forward_head(x, pre_logits=True)`` (timm's name); ``num_features`` is the
+        width of ``forward_features``. They differ only for VGG (512 and 4096)."""
+        return self.__dict__.get("_head_hidden_size", self.num_features)
+
+    @head_hidden_size.setter
+    def head_hidden_size(self, value: int) -> None:
+        self.__dict__["_head_hidden_size"] = int(value)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of keeping them
+        (``torch.utils.checkpoint``, non-reentrant): less memory in training, about one more
+        forward of time. Outputs and gradients are unchanged; eval and ``torch.no_grad`` forwards
+        are not affected (nothing is checkpointed without autograd)."""
+        self.grad_checkpointing = bool(enable)
+
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()
 
     @property
     def num_classes(self) -> int:
@@ -84,7 +135,27 @@ class VitferModel(nn.Module):
     def get_classifier(self) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def reset_classifier(self, num_classes: int) -> None:  # pragma: no cover - abstract
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Any:  # pragma: no cover - abstract
+        """``(forward_features(x), [feature maps at indices])``, or only the list with
+        ``intermediates_only``: timm's contract (``model.feature_info`` lists the taps)."""
+        raise NotImplementedError
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:  # pragma: no cover - abstract
+        """Drop the layers after the last tap of ``indices`` (and the head / final norm); returns
+        the absolute indices kept."""
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
@@ -116,14 +187,14 @@ class VitferModel(nn.Module):
         return copy.deepcopy(self)
 
 
-GLOBAL_POOLS = ("token", "avg")
+GLOBAL_POOLS = ("token", "avg", "")
 
 
-def check_global_pool(global_pool: str) -> str:
-    """``global_pool`` of the token models: ``"token"`` (class token) or ``"avg"`` (mean of the
-    patch tokens)."""
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+def check_global_pool(global_pool: str, allowed: tuple[str, ...] = GLOBAL_POOLS) -> str:
+    """``global_pool`` of the token models: ``"token"`` (class token), ``"avg"`` (mean of the
+    patch tokens) or ``""`` (no pooling: the head sees every token, as timm)."""
+    if global_pool not in allowed:
+        raise ValueError(f"global_pool must be one of {allowed}, got {global_pool!r}")
     return global_pool
 
 
@@ -158,14 +229,54 @@ class ClassTokenModel(VitferModel):
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         if num_classes > 0:
-            self.head = nn.Linear(self.embed_dim, num_classes, device=self.cls_token.device)
+            self.head = nn.Linear(self.embed_dim, num_classes, device=self.norm_device())
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
         else:
             self.head = nn.Identity()
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """tokens (B, 1 + N, D) -> logits (B, num_classes), or pooled features (B, D)."""
-        x = x[:, self.num_prefix_tokens :].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        """tokens (B, 1 + N, D) -> logits (B, num_classes), or pooled features (B, D)
+        (``global_pool=""``: every token, (B, 1 + N, num_classes) or (B, 1 + N, D))."""
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
+        elif self.global_pool == "token":
+            x = x[:, 0]
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
+
+    def norm_device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _token_feature_info(self, reduction: int) -> None:
+        self.feature_info = [
+            dict(num_chs=self.embed_dim, reduction=reduction, module=f"blocks.{i}") for i in range(len(self.blocks))
+        ]
+
+    def _tokens_to_maps(self, ys: list[Tensor], output_fmt: str) -> list[Tensor]:
+        """Patch tokens (B, N, D) -> (B, D, h, w) maps on the patch grid (``"NCHW"``), or as they are (``"NLC"``)."""
+        if output_fmt == "NLC":
+            return ys
+        h, w = self.patch_embed.grid_size
+        return [y.reshape(y.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous() for y in ys]
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Keep the blocks up to the last of ``indices`` (timm's semantics); ``prune_norm`` replaces
+        the final norm by Identity, ``prune_head`` resets the classifier to none."""
+        from .features import feature_take_indices
+
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        self.feature_info = self.feature_info[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+
+def check_output_fmt(output_fmt: str, allowed: tuple[str, ...] = ("NCHW", "NLC")) -> None:
+    if output_fmt not in allowed:
+        raise ValueError(f"output_fmt must be one of {allowed}, got {output_fmt!r}")

@@ -13,17 +13,17 @@ load unchanged. Variants are rows of ``CONVIT_VARIANTS``; the width is ``head_di
     model.gating_values()            # (10, 16): how positional each GPSA head still is
     model.attention_distances(x)     # (12, 16): mean attention distance per layer and head
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.gpsa import GPSA, GPSABlock, attention_distance, grid_distances
-from .base import ClassTokenModel, check_global_pool
+from .base import ClassTokenModel, check_global_pool, check_output_fmt, checkpoint_seq
+from .features import feature_take_indices
 from .registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg, create_model, register_family
 
 __all__ = [
@@ -83,6 +83,8 @@ def _square_grid(grid: tuple[int, int], img_size: tuple[int, int], patch_size: t
 
 
 class ConViT(ClassTokenModel):
+    __jit_unused_properties__ = ClassTokenModel.__jit_unused_properties__ + ["gpsa_layers"]
+
     """ConViT: patch embedding + position embedding, GPSA blocks, class token, MHSA blocks.
 
     x: (B, C, H, W) -> ``forward_features`` (B, 1 + N, D) -> logits (B, num_classes).
@@ -126,6 +128,7 @@ class ConViT(ClassTokenModel):
         self.norm = LayerNorm6(dim)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self._token_feature_info(self.patch_embed.patch_size[0])
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -142,7 +145,11 @@ class ConViT(ClassTokenModel):
     @property
     def gpsa_layers(self) -> list[GPSA]:
         """The GPSA modules of blocks [0, local_up_to_layer)."""
-        return [b.attn for b in self.blocks if isinstance(b, GPSABlock)]
+        out = []
+        for b in self.blocks:
+            if isinstance(b, GPSABlock):
+                out.append(b.attn)
+        return out
 
     @torch.no_grad()
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
@@ -166,23 +173,75 @@ class ConViT(ClassTokenModel):
     # -- forward -----------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> patch tokens with position embedding (B, N, D)."""
-        check_input(x, self.in_chans, self.img_size, self.model_name or "ConViT")
+        check_input(x, self.in_chans, self.patch_embed.img_size, (self.model_name if len(self.model_name) > 0 else "ConViT"))
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
         return self.pos_drop(x)
 
     def _add_cls(self, x: Tensor) -> Tensor:
-        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        cls = self.cls_token
+        if cls is None:  # pruned (prune_intermediate_layers)
+            return x
+        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> normed tokens (B, 1 + N, D) (class token first)."""
         x = self._embed(x)
+        if not torch.jit.is_scripting() and self._checkpointing():
+            for u, blk in enumerate(self.blocks):
+                if u == self.local_up_to_layer:
+                    x = self._add_cls(x)
+                x = checkpoint_seq([blk], x)
+            return self.norm(x)
         for u, blk in enumerate(self.blocks):
             if u == self.local_up_to_layer:
                 x = self._add_cls(x)
             x = blk(x)
         return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[Tensor], tuple[Tensor, list[Tensor]]]:
+        """Block outputs as timm's ``ConVit.forward_intermediates``: index i is block i's output,
+        patch tokens only (the class token, present from block ``local_up_to_layer`` on, is
+        removed); see :meth:`VisionTransformer.forward_intermediates` for the arguments."""
+        check_output_fmt(output_fmt)
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self._embed(x)
+        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
+        ckpt = self._checkpointing()
+        ys = []
+        for i, blk in enumerate(blocks):
+            if i == self.local_up_to_layer:
+                x = self._add_cls(x)
+            x = checkpoint_seq([blk], x) if ckpt else blk(x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                ys.append(y[:, self.num_prefix_tokens :] if i >= self.local_up_to_layer else y)
+        ys = self._tokens_to_maps(ys, output_fmt)
+        if intermediates_only:
+            return ys
+        return self.norm(x), ys
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """As :meth:`ClassTokenModel.prune_intermediate_layers`; when only GPSA blocks remain the
+        class token would join after them, so a token-pooled head goes too (timm)."""
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        if max_index < self.local_up_to_layer:
+            # the class token would join after the kept blocks: it goes, and a token-pooled head with it
+            self.cls_token = None
+            self.num_prefix_tokens = 0
+            prune_head = prune_head or self.global_pool == "token"
+        return super().prune_intermediate_layers(take, prune_norm, prune_head)
 
     # -- inspection --------------------------------------------------------------------------
     def gating_values(self) -> Tensor:

@@ -20,18 +20,20 @@ when ``crop_scale=True`` and the input is large enough. Building a model with ``
 calling :meth:`CrossViT.set_input_size`) changes the branch sizes to ``int(S * img_scale[i])`` and
 the position embeddings' grids (``set_input_size`` and :func:`checkpoint_filter_fn` resample them).
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.cross_attention import CrossAttentionBlock
-from .base import VitferModel, check_global_pool
+from ..layers.tracing import is_tracing
+from .base import VitferModel, check_global_pool, check_output_fmt
+from .features import feature_take_indices
 from .registry import PretrainedCfg, create_model, register_family
 
 __all__ = [
@@ -93,6 +95,9 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+_POOLS = ("token", "avg")
+
+
 def scale_image(x: Tensor, size: tuple[int, int], crop_scale: bool = False) -> Tensor:
     """Bring x (B, C, H, W) to ``size`` as timm's CrossViT does.
 
@@ -106,6 +111,9 @@ def scale_image(x: Tensor, size: tuple[int, int], crop_scale: bool = False) -> T
         top, left = int(round((H - size[0]) / 2.0)), int(round((W - size[1]) / 2.0))
         return x[:, :, top : top + size[0], left : left + size[1]]
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+
+
+torch.fx.wrap("scale_image")  # one graph node under torch.fx: it branches on the input size
 
 
 def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
@@ -198,7 +206,12 @@ class CrossViTPatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> (B, N, D)."""
-        if tuple(x.shape[-2:]) != self.img_size:
+        if torch.jit.is_scripting() or is_tracing():
+            torch._assert(
+                (x.shape[-2] == self.img_size[0]) & (x.shape[-1] == self.img_size[1]),
+                f"patch embedding expects {self.img_size[0]}x{self.img_size[1]} inputs",
+            )
+        elif tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(
                 f"patch embedding expects {self.img_size[0]}x{self.img_size[1]} inputs, got "
                 f"{x.shape[-2]}x{x.shape[-1]}"
@@ -274,6 +287,12 @@ class MultiScaleBlock(nn.Module):
             for d in range(nb)
         )
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the scriptable form (:mod:`vitfer.layers.scriptable`)."""
+        from ..layers.scriptable import ScriptMultiScaleBlock
+
+        return ScriptMultiScaleBlock(self)
+
     def forward(
         self, xs: list[Tensor], return_attention: bool = False
     ) -> list[Tensor] | tuple[list[Tensor], list[list[Tensor]], list[list[Tensor]]]:
@@ -327,7 +346,7 @@ class CrossViT(VitferModel):
     def __init__(self, cfg: CrossViTConfig, name: str = "") -> None:
         super().__init__()
         self.model_name = name
-        check_global_pool(cfg.global_pool)
+        check_global_pool(cfg.global_pool, _POOLS)
         if not isinstance(cfg.patch_size, (tuple, list)):
             raise ValueError(
                 f"CrossViT's patch_size is a pair (branch 0, branch 1), e.g. (12, 16) or (6, 8); got {cfg.patch_size!r}"
@@ -378,6 +397,15 @@ class CrossViT(VitferModel):
         self.norm = nn.ModuleList(LayerNorm6(d) for d in self.embed_dim)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = self._make_heads(cfg.num_classes)
+        # one tap per branch and multi-scale block, branch-major (timm): index b * depth + i is
+        # branch b's patch tokens after block i
+        self.num_feature_blocks = len(self.blocks)
+        self.feature_info = [
+            dict(num_chs=self.embed_dim[b], reduction=round(cfg.patch_size[b] / self.img_scale[b]), module=f"blocks.{i}")
+            for b in range(self.num_branches)
+            for i in range(self.num_feature_blocks)
+        ]
+        self.default_out_indices = (self.num_feature_blocks - 1, 2 * self.num_feature_blocks - 1)  # features_only (timm)
         self.init_weights()
 
     def _scaled_sizes(self, img_size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -405,7 +433,7 @@ class CrossViT(VitferModel):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace both heads by freshly initialised Linear(D_i, num_classes) (Identity for 0)."""
         if global_pool is not None:
-            self.global_pool = check_global_pool(global_pool)
+            self.global_pool = check_global_pool(global_pool, _POOLS)
         self.num_classes = num_classes
         self.head = self._make_heads(num_classes, self.cls_token_0.device)
         self.head.apply(_init_weights)
@@ -434,7 +462,7 @@ class CrossViT(VitferModel):
     # -- forward -----------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> list[Tensor]:
         """x: (B, C, H, W) -> [(B, 1 + N_0, D_0), (B, 1 + N_1, D_1)] with class token and positions."""
-        check_input(x, self.in_chans, None, self.model_name or "CrossViT")
+        check_input(x, self.in_chans, None, (self.model_name if len(self.model_name) > 0 else "CrossViT"))
         B = x.shape[0]
         xs = []
         for i, pe in enumerate(self.patch_embed):
@@ -443,21 +471,95 @@ class CrossViT(VitferModel):
             xs.append(self.pos_drop(torch.cat([cls.expand(B, -1, -1), t], dim=1) + pos))
         return xs
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        """x: (B, C, H, W) -> per-branch normed tokens [(B, 1 + N_0, D_0), (B, 1 + N_1, D_1)]."""
-        xs = self._embed(x)
+    def _run_blocks(self, xs: list[Tensor]) -> list[Tensor]:
+        if not torch.jit.is_scripting() and self._checkpointing():
+            for blk in self.blocks:
+                xs = self._run_block(blk, xs)
+            return xs
         for blk in self.blocks:
             xs = blk(xs)
-        return [norm(t) for norm, t in zip(self.norm, xs)]
+        return xs
+
+    @torch.jit.unused
+    def _run_block(self, blk: nn.Module, xs: list[Tensor]) -> list[Tensor]:
+        if self._checkpointing():
+            from torch.utils.checkpoint import checkpoint
+
+            return list(checkpoint(lambda *ts: tuple(blk(list(ts))), *xs, use_reentrant=False))
+        return blk(xs)
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """x: (B, C, H, W) -> per-branch normed tokens [(B, 1 + N_0, D_0), (B, 1 + N_1, D_1)]."""
+        xs = self._run_blocks(self._embed(x))
+        out: list[Tensor] = []
+        for i, norm in enumerate(self.norm):
+            out.append(norm(xs[i]))
+        return out
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[Tensor], tuple[list[Tensor], list[Tensor]]]:
+        """Per-branch block outputs as timm's ``CrossVit.forward_intermediates``.
+
+        With D multi-scale blocks, index i < D is branch 0's (small patches) patch tokens after
+        block i and index D + i branch 1's; ``norm`` applies the branch's final norm. Returns
+        ``(forward_features(x), intermediates)`` (the first a list of the two branches' tokens) or
+        only the intermediates, (B, D_b, h_b, w_b) maps (``"NCHW"``) or (B, N_b, D_b) (``"NLC"``).
+        """
+        check_output_fmt(output_fmt)
+        nb = self.num_feature_blocks
+        take, _ = feature_take_indices(self.num_branches * nb, indices)
+        max_block = max(i % nb for i in take)
+        xs = self._embed(x)
+        blocks = self.blocks[: max_block + 1] if stop_early else self.blocks
+        per_branch: list[list[Tensor]] = [[] for _ in range(self.num_branches)]
+        for i, blk in enumerate(blocks):
+            xs = self._run_block(blk, xs)
+            for b, norm_layer in enumerate(self.norm):
+                if b * nb + i in take:
+                    per_branch[b].append((norm_layer(xs[b]) if norm else xs[b])[:, 1:])
+        ys: list[Tensor] = []
+        for pe, feats in zip(self.patch_embed, per_branch):
+            if output_fmt == "NCHW":
+                h, w = pe.grid_size
+                feats = [y.reshape(y.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous() for y in feats]
+            ys.extend(feats)
+        if intermediates_only:
+            return ys
+        return [norm_layer(t) for norm_layer, t in zip(self.norm, xs)], ys
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Keep the multi-scale blocks up to the last one any index of either branch needs (timm:
+        the other branch's fusion in that block stays, unused)."""
+        nb = self.num_feature_blocks
+        take, _ = feature_take_indices(self.num_branches * nb, indices)
+        self.blocks = self.blocks[: max(i % nb for i in take) + 1]
+        if prune_norm:
+            self.norm = nn.ModuleList(nn.Identity() for _ in range(self.num_branches))
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_head(self, xs: list[Tensor], pre_logits: bool = False) -> Tensor:
         """per-branch tokens -> mean of the two heads' logits (B, num_classes), or with
         ``pre_logits`` (or no classes) the pooled tokens concatenated (B, D_0 + D_1)."""
-        pooled = [t[:, 1:].mean(dim=1) if self.global_pool == "avg" else t[:, 0] for t in xs]
-        pooled = [self.head_drop(t) for t in pooled]
-        if pre_logits or self.num_classes == 0:
+        pooled: list[Tensor] = []
+        for t in xs:
+            pooled.append(self.head_drop(t[:, 1:].mean(dim=1) if self.global_pool == "avg" else t[:, 0]))
+        if pre_logits or isinstance(self.head[0], nn.Identity):
             return torch.cat(pooled, dim=1)
-        return torch.stack([head(t) for head, t in zip(self.head, pooled)], dim=0).mean(dim=0)
+        logits: list[Tensor] = []
+        for i, head in enumerate(self.head):
+            logits.append(head(pooled[i]))
+        return torch.stack(logits, dim=0).mean(dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> logits (B, num_classes) (features (B, D_0 + D_1) if num_classes=0).
@@ -467,10 +569,11 @@ class CrossViT(VitferModel):
         """
         if self.global_pool != "token":
             return self.forward_head(self.forward_features(x))
-        xs = self._embed(x)
-        for blk in self.blocks:
-            xs = blk(xs)
-        return self.forward_head([norm(t[:, :1]) for norm, t in zip(self.norm, xs)])
+        xs = self._run_blocks(self._embed(x))
+        cls: list[Tensor] = []
+        for i, norm in enumerate(self.norm):
+            cls.append(norm(xs[i][:, :1]))
+        return self.forward_head(cls)
 
     def attention_maps(self, x: Tensor) -> list[dict[str, list[Tensor]]]:
         """Attention weights of every layer, per branch (hand-written attention path).

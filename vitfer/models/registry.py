@@ -63,10 +63,11 @@ class PretrainedCfg:
     std: tuple[float, float, float] = IMAGENET_STD
     num_classes: int = 1000
     fixed_input_size: bool = True
-    first_conv: str = "patch_embed.proj"
+    first_conv: Union[str, tuple[str, ...]] = "patch_embed.proj"
     classifier: Union[str, tuple[str, ...]] = "head"
     license: Optional[str] = None
     notes: str = ""
+    pool_size: Optional[tuple[int, int]] = None  # (h, w) of forward_features at input_size (CNNs; timm's field)
 
     @property
     def tag(self) -> Optional[str]:
@@ -241,11 +242,19 @@ def create_model(name: str, *, pretrained: Union[bool, str] = False, **overrides
         pretrained: ``False``; ``True`` for the default pretrained weights (``pretrained_cfg``);
             a local checkpoint path; or ``"hf-hub:<repo>[@<revision>]"``.
         **overrides: the family's config fields, e.g. ``num_classes=7``, ``img_size=160``,
-            ``drop_path_rate=0.1``. An unknown field is a ``TypeError`` that lists the valid ones.
+            ``drop_path_rate=0.1``, ``global_pool=""``. An unknown field is a ``TypeError`` that
+            lists the valid ones. ``features_only=True`` (with optional ``out_indices``,
+            ``feature_cls`` ``"getter"``/``"list"``/``"dict"`` and ``output_fmt``) returns the
+            model as a feature extractor (:class:`vitfer.models.features.FeatureGetterNet`, timm's
+            contract: ``net.feature_info.channels()``, ``net(x)`` -> list of maps).
 
     ``model.pretrained_cfg["num_classes"]`` is the model's own class count, and
     ``model.pretrained_source`` what its weights were loaded from (``None``: from scratch).
     """
+    features_only = bool(overrides.pop("features_only", False))
+    feat_kw = {k: overrides.pop(k) for k in ("out_indices", "feature_cls", "output_fmt") if k in overrides}
+    if feat_kw and not features_only:
+        raise TypeError(f"{name}: {sorted(feat_kw)} only apply with features_only=True")
     spec = get_model_spec(name)
     tag = pretrained_tag(name)
     hub_id = pretrained_hub_id(name) if tag is not None else None
@@ -264,4 +273,11 @@ def create_model(name: str, *, pretrained: Union[bool, str] = False, **overrides
         if isinstance(pretrained, bool):
             pretrained = True
         weights.load_pretrained(model, name, source=pretrained)
+    if features_only:
+        from .features import features_only_model
+
+        model = features_only_model(
+            model, feat_kw.get("out_indices"), feat_kw.get("feature_cls"), getattr(model, "default_out_indices", 3),
+            output_fmt=feat_kw.get("output_fmt", "NCHW"),
+        )
     return model

@@ -7,11 +7,10 @@ shortcut projection instead of a strided projection. Parameter names follow timm
 ``downsample.{1,2}``, ``fc``), so timm checkpoints load unchanged. Depths are rows of
 ``RESNET_VARIANTS``.
 """
-from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +18,9 @@ from torch import Tensor, nn
 
 from ..layers import DropPath, check_input
 from ..layers.classifier import classifier_head
-from .base import VitferModel
+from ..layers.tracing import is_tracing
+from .base import VitferModel, check_output_fmt, checkpoint_seq
+from .features import feature_take_indices
 from .registry import PretrainedCfg, create_model, register_family
 
 __all__ = [
@@ -47,6 +48,17 @@ class ResNetConfig:
     drop_path_rate: float = 0.0  # stochastic depth, linear in the block index
     zero_init_last: bool = True  # zero the last BN of each residual branch at init
     channels_last: bool = True  # run in channels-last memory format (faster with oneDNN on CPU)
+    global_pool: str = "avg"  # "avg", or "" (no pooling: only with num_classes=0, as timm)
+
+
+def check_cnn_pool(global_pool: str, num_classes: int, name: str) -> str:
+    """The CNNs' ``global_pool``: ``"avg"``, or ``""`` (forward returns the unpooled map), which
+    needs ``num_classes=0`` (timm: no pooling only without a Linear classifier)."""
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"{name}: global_pool must be 'avg' or '', got {global_pool!r}")
+    if global_pool == "" and num_classes > 0:
+        raise ValueError(f"{name}: global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
+    return global_pool
 
 
 class _ResidualBlock(nn.Module):
@@ -172,7 +184,9 @@ class ResNet(VitferModel):
             nn.Conv2d(sw, inplanes, 3, padding=1, bias=False),
         )
         self.bn1 = nn.BatchNorm2d(inplanes)
+        self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.feature_info = [dict(num_chs=inplanes, reduction=2, module="act1")]
 
         total, idx = sum(cfg.layers), 0
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), cfg.layers)):
@@ -188,10 +202,13 @@ class ResNet(VitferModel):
                 inplanes = outplanes
                 idx += 1
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=outplanes, reduction=4 * 2**i, module=f"layer{i + 1}"))
         self.num_features = inplanes
+        self.global_pool = check_cnn_pool(cfg.global_pool, cfg.num_classes, name or "ResNet")
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head_hidden = tuple(cfg.head_hidden)
         self.fc = classifier_head(self.num_features, cfg.num_classes, self.head_hidden, cfg.drop_rate)
+        self.default_out_indices = (0, 1, 2, 3, 4)  # features_only default (timm)
         self.init_weights(cfg.zero_init_last)
 
     def init_weights(self, zero_init_last: bool = True) -> None:
@@ -208,9 +225,14 @@ class ResNet(VitferModel):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace ``fc`` by a fresh Linear(num_features, num_classes) (or the MLP of
-        ``head_hidden``; Identity for 0)."""
+        ``head_hidden``; Identity for 0); ``global_pool`` ``"avg"`` or ``""`` (no pooling, with 0
+        classes only)."""
+        if global_pool is not None:
+            self.global_pool = check_cnn_pool(global_pool, num_classes, (self.model_name if len(self.model_name) > 0 else "ResNet"))
+        elif self.global_pool == "" and num_classes > 0:
+            self.global_pool = "avg"
         self.num_classes = num_classes
         device = self.bn1.weight.device
         self.fc = classifier_head(self.num_features, num_classes, self.head_hidden, self.head_drop.p, device=device)
@@ -220,8 +242,10 @@ class ResNet(VitferModel):
         return math.ceil(img_size[0] / 32), math.ceil(img_size[1] / 32)
 
     def _check_input(self, x: Tensor) -> None:
-        name = self.model_name or "ResNet"
+        name = (self.model_name if len(self.model_name) > 0 else "ResNet")
         check_input(x, self.in_chans, None, name)
+        if torch.jit.is_scripting() or is_tracing():
+            return
         h, w = x.shape[-2:]
         if h < 1 or w < 1:
             raise ValueError(f"{name} needs an input of at least 1x1, got {h}x{w}")
@@ -239,11 +263,67 @@ class ResNet(VitferModel):
         self._check_input(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.maxpool(F.relu_(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        if not torch.jit.is_scripting() and self._checkpointing():
+            for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+                x = checkpoint_seq(layer, x)
+            return x
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[Tensor], tuple[Tensor, list[Tensor]]]:
+        """Stage outputs as timm's ``ResNet.forward_intermediates``: index 0 is the stem (after
+        ``act1``, stride 2), 1-4 the outputs of ``layer1``-``layer4`` (strides 4-32). ``norm`` has
+        no effect (no final norm); ``output_fmt`` must be ``"NCHW"``. Returns
+        ``(forward_features(x), maps)`` or only the maps."""
+        check_output_fmt(output_fmt, ("NCHW",))
+        take, max_index = feature_take_indices(5, indices)
+        self._check_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.act1(self.bn1(self.conv1(x)))
+        ys = [x] if 0 in take else []
+        x = self.maxpool(x)
+        layers = (self.layer1, self.layer2, self.layer3, self.layer4)
+        if stop_early:
+            layers = layers[:max_index]
+        ckpt = self._checkpointing()
+        for i, layer in enumerate(layers):
+            x = checkpoint_seq(layer, x) if ckpt else layer(x)
+            if i + 1 in take:
+                ys.append(x)
+        if intermediates_only:
+            return ys
+        return x, ys
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Empty the stages after the last tap of ``indices`` (timm's semantics); the head goes
+        with ``prune_head`` or when the features no longer end at ``layer4``."""
+        take, max_index = feature_take_indices(5, indices)
+        for n in ("layer1", "layer2", "layer3", "layer4")[max_index:]:
+            setattr(self, n, nn.Sequential())
+        if max_index == 0:
+            self.maxpool = nn.Identity()
+        if max_index < 4:
+            self.num_features = self.feature_info[max_index]["num_chs"]
+        if prune_head or max_index < 4:
+            self.reset_classifier(0, "")
+        return take
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """feature map (B, C, h, w) -> logits (B, num_classes), or pooled features (B, C)."""
+        """feature map (B, C, h, w) -> logits (B, num_classes), or pooled features (B, C)
+        (``global_pool=""``: the map itself)."""
+        if self.global_pool == "":
+            return self.head_drop(x)
         x = self.head_drop(F.adaptive_avg_pool2d(x, 1).flatten(1))
         return x if pre_logits else self.fc(x)
 
@@ -262,7 +342,7 @@ def _cfg(
     return PretrainedCfg(
         hf_hub_id=f"timm/{name}.ra2_in1k", input_size=(3, input_size, input_size), crop_pct=crop_pct,
         interpolation="bicubic", fixed_input_size=False, first_conv="conv1.0", classifier="fc",
-        license="apache-2.0", notes=f"timm evaluates it at {test[0]}x{test[0]}, crop_pct {test[1]}",
+        pool_size=(math.ceil(input_size / 32), math.ceil(input_size / 32)), license="apache-2.0", notes=f"timm evaluates it at {test[0]}x{test[0]}, crop_pct {test[1]}",
     )
 
 

@@ -3,16 +3,16 @@
 Parameter names, initialisation and numerics follow timm's ``VisionTransformer`` so that timm
 checkpoints load unchanged. Variants are rows of ``VIT_VARIANTS``.
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
-from .base import ClassTokenModel, check_global_pool
+from .base import ClassTokenModel, check_global_pool, check_output_fmt, checkpoint_seq
+from .features import feature_take_indices
 from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_family
 
 __all__ = [
@@ -91,7 +91,13 @@ class VisionTransformer(ClassTokenModel):
         self.norm = LayerNorm6(cfg.embed_dim)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.set_feature_info()
         self.init_weights()
+
+    def set_feature_info(self) -> None:
+        """``feature_info``: one tap per block (``blocks.i``), at the patch embedding's stride."""
+        pe = self.patch_embed
+        self._token_feature_info(getattr(pe, "feature_ratio", 1) * pe.patch_size[0])
 
     def init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -112,14 +118,56 @@ class VisionTransformer(ClassTokenModel):
 
     # -- forward -----------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> Tensor:
-        check_input(x, self.in_chans, self.img_size, self.model_name or "ViT")
+        check_input(x, self.in_chans, self.patch_embed.img_size, (self.model_name if len(self.model_name) > 0 else "ViT"))
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.pos_drop(x)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> normed tokens (B, 1 + N, D)."""
-        return self.norm(self.blocks(self._embed(x)))
+        x = self._embed(x)
+        if not torch.jit.is_scripting() and self._checkpointing():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[Tensor], tuple[Tensor, list[Tensor]]]:
+        """Block outputs as timm's ``VisionTransformer.forward_intermediates``.
+
+        Args:
+            x: (B, C, H, W).
+            indices: the last n blocks (int), all (None) or those listed (negative from the end).
+            norm: apply the final norm to the intermediates.
+            stop_early: run only up to the last block taken (the final features are then of that block).
+            output_fmt: ``"NCHW"``: (B, D, h, w) patch-token maps; ``"NLC"``: (B, N, D) patch tokens.
+            intermediates_only: return only the list.
+
+        Returns:
+            ``(forward_features(x), intermediates)`` or ``intermediates`` (class token removed).
+        """
+        check_output_fmt(output_fmt)
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self._embed(x)
+        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
+        ckpt = self._checkpointing()
+        ys = []
+        for i, blk in enumerate(blocks):
+            x = checkpoint_seq([blk], x) if ckpt else blk(x)
+            if i in take:
+                ys.append((self.norm(x) if norm else x)[:, self.num_prefix_tokens :])
+        ys = self._tokens_to_maps(ys, output_fmt)
+        if intermediates_only:
+            return ys
+        return self.norm(x), ys
 
     def attention_maps(self, x: Tensor) -> list[Tensor]:
         """Attention weights of every block, each (B, H, 1 + N, 1 + N) (hand-written path)."""

@@ -18,7 +18,6 @@ NCHW run; with random weights the tokens then differ from timm's by about 1e-4 r
 against itself, NCHW against channels-last input, differs by as much) and the logits by about
 1e-5. ``channels_last=False`` reproduces timm's backbone arithmetic exactly.
 """
-from __future__ import annotations
 
 import math
 from collections import OrderedDict
@@ -233,12 +232,19 @@ class ResNetDStages(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(F.relu_(self.bn1(self.conv1(x))))
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
+        x = self.layer1(x)
+        if hasattr(self, "layer2"):  # static in TorchScript
+            x = self.layer2(x)
+        if hasattr(self, "layer3"):
+            x = self.layer3(x)
+        if hasattr(self, "layer4"):
+            x = self.layer4(x)
         return x
 
 
 class HybridEmbed(PatchEmbed):
+    __jit_unused_properties__ = ["grid_size", "num_patches"]
+
     """CNN feature map -> tokens: ``backbone``, then a ``patch_size`` convolution to ``embed_dim``
     (``proj``, a :class:`PatchEmbed` over the feature map).
 
@@ -307,6 +313,7 @@ class HybridVisionTransformer(VisionTransformer):
         super().__init__(replace(cfg, img_size=embed.grid_size, patch_size=1), name)
         self.patch_embed = embed
         self.cfg = cfg
+        self.set_feature_info()
 
 
 HYBRID_VARIANTS: dict[str, dict[str, Any]] = {
