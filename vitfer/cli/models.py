@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 
 def _models_rows(pattern: Optional[str], family: Optional[str]) -> list[dict[str, Any]]:
-    from vitfer.models.registry import _ALIASES, get_model_spec, list_models
+    from vitfer.models.registry import list_aliases, get_model_spec, list_models
     from vitfer.models.families import build_meta, import_all_families
 
     import_all_families()
@@ -25,7 +25,7 @@ def _models_rows(pattern: Optional[str], family: Optional[str]) -> list[dict[str
                 "params": n,
                 "input_size": list(cfg.input_size),
                 "pretrained": cfg.hf_hub_id,
-                "aliases": sorted(a for a, t in _ALIASES.items() if t == name),
+                "aliases": sorted(a for a, t in list_aliases().items() if t == name),
             }
         )
     return rows

@@ -81,6 +81,7 @@ class FinetuneConfig:
     cutmix: float = 0.0  # CutMix's Beta alpha (0 = off)
     drop_path_rate: float = 0.1
     ema: float = 0.0  # decay of a moving average of the weights, validated, saved and tested (0 = off)
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward (less memory, same numbers)
     augment: dict[str, Any] = field(default_factory=dict)  # overrides of vitfer.data.DEFAULT_AUGMENT
     synthetic_n: int = 1000
     seed: int = 0

@@ -42,6 +42,8 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
         )
     # A timm-style "arch.tag" name keeps its tag: the pretrained weights are that tag's.
     model = create_model(cfg.model, pretrained=cfg.pretrained, **overrides)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     pcfg = model.pretrained_cfg
     if pcfg:
         c = int(getattr(model, "in_chans", pcfg.get("input_size", (3,))[0]))

@@ -75,7 +75,7 @@ STATE_FILE = "state.safetensors"
 #: What ``overwrite`` deletes: the run's files, its resume state and a cross-validation's summary.
 REPLACED_FILES = RUN_FILES + (STATE_FILE, "summary.json", "summary.md")
 #: Config fields that may differ when a run is resumed (they do not change its numbers).
-RESUMABLE_CHANGES = BOOKKEEPING + ("num_workers", "device")
+RESUMABLE_CHANGES = BOOKKEEPING + ("num_workers", "device", "grad_checkpointing")
 
 
 def _rng_tensors() -> dict[str, "torch.Tensor"]:

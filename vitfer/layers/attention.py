@@ -42,7 +42,7 @@ ATTENTION_IMPLS = ("auto", "manual", "sdpa")
 # 2 MiB, 13 pairs at N=197, so that ViT-B's 12 heads of one image make one chunk. Training (and
 # GPSA): 1.5 MiB; larger chunks measured no faster there (forward + backward at N=197 and 401).
 _INFER_CHUNK_BYTES = 2 << 20
-_CHUNK_BYTES = 3 << 19
+CHUNK_BYTES = 3 << 19
 
 
 def check_attention_args(dim: int, num_heads: int, impl: str) -> None:
@@ -109,7 +109,7 @@ def clear_scratch() -> None:
     _scratch.buffers = {}
 
 
-def _balanced(total: int, limit: int) -> int:
+def balanced_chunk(total: int, limit: int) -> int:
     """The smallest chunk size that still splits ``total`` into the fewest chunks of at most
     ``limit`` (12 heads under a 9-pair budget: 6 + 6, not 9 + 3)."""
     limit = max(1, min(total, limit))
@@ -161,7 +161,7 @@ def _inference_4d(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale
     out = q.new_empty(B, nq, H, dv)
     ot = out.transpose(1, 2)
     if pairs < 2 * H or B == 1:
-        hc = _balanced(H, pairs)  # heads per chunk
+        hc = balanced_chunk(H, pairs)  # heads per chunk
         (a,) = _scratch_buffers(q, (hc, nq, nk))
         for b in range(B):
             for h0 in range(0, H, hc):
@@ -170,7 +170,7 @@ def _inference_4d(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale
                 _attend_chunk(a[: h1 - h0], q[b, h0:h1], k[b, h0:h1], v[b, h0:h1], m, scale, ot[b, h0:h1])
         return ot
 
-    g = _balanced(B, pairs // H)  # images per chunk
+    g = balanced_chunk(B, pairs // H)  # images per chunk
     flat = [_flat_pairs(t) for t in (q, k, v)]
     gather = [t for f, t in zip(flat, (q, k, v)) if f is None]
     a, o, *gbufs = _scratch_buffers(q, (g * H, nq, nk), (g * H, nq, dv), *((g * H, *t.shape[-2:]) for t in gather))
@@ -204,7 +204,7 @@ def _manual_attention(
     *lead, nq, d = q.shape
     nk = k.shape[-2]
     dv = v.shape[-1]
-    pairs = max(1, _CHUNK_BYTES // max(1, nq * nk * q.element_size()))
+    pairs = max(1, CHUNK_BYTES // max(1, nq * nk * q.element_size()))
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, attn_mask)
     )

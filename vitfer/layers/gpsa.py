@@ -33,7 +33,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import _CHUNK_BYTES, _balanced, check_attention_args, resolve_impl
+from .attention import CHUNK_BYTES, balanced_chunk, check_attention_args, resolve_impl
 from .drop_path import DropPath
 from .mlp import Mlp
 from .residual import branch_output, has_hooks
@@ -146,7 +146,7 @@ def _gated_attention_manual(
     pos = pos.to(qk.dtype)
     inplace = not torch.is_grad_enabled() or not (qk.requires_grad or pos.requires_grad or gate.requires_grad)
     per_elem = H * N * N * qk.element_size()
-    fit = max(1, _CHUNK_BYTES // per_elem)
+    fit = max(1, CHUNK_BYTES // per_elem)
     weights: list[Tensor] = []
 
     if return_weights or fit >= _GROUP_MIN:
@@ -166,7 +166,7 @@ def _gated_attention_manual(
             outs.append(torch.bmm(a, vc))
         out = (outs[0] if len(outs) == 1 else torch.cat(outs)).view(B, H, N, d).transpose(1, 2).reshape(B, N, C)
     else:
-        hc = _balanced(H, _CHUNK_BYTES // (N * N * qk.element_size()))  # heads per chunk
+        hc = balanced_chunk(H, CHUNK_BYTES // (N * N * qk.element_size()))  # heads per chunk
         zero = qk.new_zeros(1, 1, 1).expand(hc, N, N)
         poss, gates = pos.split(hc), gate.split(hc)
         outs = []

@@ -31,6 +31,7 @@ __all__ = [
     "get_model_spec",
     "get_pretrained_cfg",
     "is_model",
+    "list_aliases",
     "list_models",
     "pretrained_hub_id",
     "pretrained_tag",
@@ -98,6 +99,12 @@ def register_model(name: str, family: str, builder: Callable[..., nn.Module], pr
     if name in _REGISTRY or name in _ALIASES:
         raise ValueError(f"model name {name!r} is already registered")
     _REGISTRY[name] = ModelSpec(name, family, builder, pretrained_cfg)
+
+
+def list_aliases() -> dict[str, str]:
+    """Registered aliases and the model names they stand for (e.g. the study's
+    ``vit_base_resnet50_384``)."""
+    return dict(_ALIASES)
 
 
 def register_alias(alias: str, name: str) -> None:

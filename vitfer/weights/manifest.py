@@ -41,7 +41,7 @@ def write_manifest(manifest: Mapping[str, Any], path: PathLike) -> Path:
 def build_manifest(existing: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """A manifest of every registered model (families whose module exists); ``converted`` records
     of ``existing`` are kept."""
-    from vitfer.models.registry import _ALIASES, get_model_spec, list_models, pretrained_hub_id, split_model_name
+    from vitfer.models.registry import list_aliases, get_model_spec, list_models, pretrained_hub_id, split_model_name
 
     present = import_all_families()
     old_models = dict((existing or {}).get("models") or {})
@@ -90,7 +90,7 @@ def build_manifest(existing: Optional[Mapping[str, Any]] = None) -> dict[str, An
         ),
         "families_present": present,
         "families_missing": [f for f in FAMILIES if f not in present],
-        "aliases": {a: n for a, n in sorted(_ALIASES.items())},
+        "aliases": {a: n for a, n in sorted(list_aliases().items())},
         "models": models,
     }
 
