@@ -320,3 +320,18 @@ def test_an_interrupted_run_says_how_to_resume_it(tmp_path, monkeypatch, capsys)
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert f"vitfer finetune --resume {out}" in err and "Traceback" not in err
+
+
+def test_the_readmes_labels_command_trains(tmp_path, monkeypatch):
+    """Defect 7: `vitfer finetune --dataset folder --labels faces/labels.csv` joined the folder twice
+    (faces/faces/labels.csv)."""
+    faces = _write_faces(tmp_path / "faces", n_per_class=4)
+    rows = ["path,label"] + [f"{p.relative_to(faces).as_posix()},{p.parent.name}" for p in sorted(faces.rglob("*.png"))]
+    (faces / "labels.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", "--dataset", "folder", "--labels", "faces/labels.csv", "--model", "vit_tiny_patch16_224",
+            "--img-size", "32", "--patch-size", "8", "--epochs", "1", "--quiet", "--out", "run"]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert sum(metrics["split_sizes"].values()) == 28
+    assert metrics["config"]["labels"] == str(tmp_path / "faces" / "labels.csv")
