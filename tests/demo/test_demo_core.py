@@ -195,7 +195,8 @@ def test_column_titles_tell_two_runs_of_one_model_apart(demo_ckpts, tmp_path):
         shutil.copy(demo_ckpts[0], p)
     preds = load_models([a, b, demo_ckpts[1]])
     titles = model_titles(preds, [a, b, demo_ckpts[1]])
-    assert titles == ["vit_tiny_patch16_224 · vit-a/model.safetensors", "vit_tiny_patch16_224 · vit-b/model.safetensors",
+    assert titles == ["vit_tiny_patch16_224 · vit-a/model.safetensors",
+                      "vit_tiny_patch16_224 · vit-b/model.safetensors",
                       "resnet18d · resnet.safetensors"]
     c = tmp_path / "other" / "vit-a" / "model.safetensors"  # same run folder name elsewhere: one more folder
     c.parent.mkdir(parents=True)

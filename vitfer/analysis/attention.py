@@ -264,7 +264,9 @@ def _pick(shapes: list[tuple[int, int]], min_side: int) -> int:
     return max(i for i, s in enumerate(shapes) if min(s) == best)
 
 
-def choose_cam_layer(model: nn.Module, x: Tensor, min_side: int = MIN_MAP_SIDE) -> tuple[str, nn.Module, tuple[int, int]]:
+def choose_cam_layer(
+    model: nn.Module, x: Tensor, min_side: int = MIN_MAP_SIDE
+) -> tuple[str, nn.Module, tuple[int, int]]:
     """Grad-CAM's default layer for input ``x`` (B, C, H, W): the deepest of :func:`cam_layers`
     whose map is at least ``min_side`` cells a side (else the finest there is). Returns
     ``(name, module, (h, w))``; one forward pass (no gradients) measures the maps."""
@@ -289,7 +291,8 @@ def _grad_cam(model: nn.Module, x: Tensor, target: Optional[Tensor], layer: Unio
     side taken."""
     cands = cam_layers(model) if layer is None else [_resolve_layer(model, layer)]
     store: dict[int, Tensor] = {}
-    handles = [m.register_forward_hook(lambda _m, _i, o, k=k: store.__setitem__(k, o)) for k, (_, m) in enumerate(cands)]
+    handles = [m.register_forward_hook(lambda _m, _i, o, k=k: store.__setitem__(k, o))
+               for k, (_, m) in enumerate(cands)]
     try:
         with _Eval(model), torch.enable_grad():
             xg = x.detach().requires_grad_(True)  # a graph even where the weights are frozen
@@ -339,7 +342,8 @@ class Heatmap:
     ("layer2", "4 blocks", "last fusion"), ``raw`` (B, h, w) the map as computed and ``maps`` the
     same scaled to [0, 1] per image; ``contrast`` (B,) is :func:`map_contrast` of ``raw`` and
     ``flat`` (B,) marks the maps constant over the face (contrast below :data:`FLAT_RTOL`) or not
-    finite (``finite`` (B,) False: NaN or inf somewhere), which are not drawn. ``note`` explains a choice (e.g. Grad-CAM instead of a too coarse rollout).
+    finite (``finite`` (B,) False: NaN or inf somewhere), which are not drawn. ``note`` explains a
+    choice (e.g. Grad-CAM instead of a too coarse rollout).
     """
 
     name: str

@@ -20,7 +20,8 @@ from ._deps import figure
 
 __all__ = [
     "plot_learning_curves", "plot_confusion", "plot_tsne", "plot_attention", "plot_gating",
-    "plot_attention_distance", "plot_fold_accuracy", "plot_model_attention", "save_figure", "display_images", "upsample_maps",
+    "plot_attention_distance", "plot_fold_accuracy", "plot_model_attention", "save_figure", "display_images",
+    "upsample_maps",
 ]
 
 

@@ -115,7 +115,8 @@ def _dataset_name(cfg: dict[str, Any]) -> str:
 def _split_name(cfg: dict[str, Any], fold_dir: Optional[Path] = None) -> str:
     split = cfg.get("split", "?")
     if split in ("kfold", "subject-kfold"):
-        where = fold_dir.name if fold_dir is not None and fold_dir.name.startswith("fold-") else f"fold {cfg.get('fold')}"
+        named = fold_dir is not None and fold_dir.name.startswith("fold-")
+        where = fold_dir.name if named else f"fold {cfg.get('fold')}"
         return f"{split} split, {where} of {cfg.get('n_folds', '?')}"
     return f"{split} split"
 
@@ -201,7 +202,8 @@ def _attention_lines(run: dict[str, Any], model: Any, test_set: Any, classes: li
 
 
 def _run_section(run: dict[str, Any], out: Path, figures: list[Path], *, samples: int, device: str,
-                 data_dir: Optional[str], do_tsne: bool, do_attention: bool, cam_layer: Optional[str] = None) -> list[str]:
+                 data_dir: Optional[str], do_tsne: bool, do_attention: bool,
+                 cam_layer: Optional[str] = None) -> list[str]:
     from .features import extract_features, tsne
     from .plots import plot_confusion, plot_learning_curves, plot_tsne
 
