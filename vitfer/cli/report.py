@@ -31,8 +31,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tsne", action="store_true", help="leave out the t-SNE plots")
     p.add_argument("--no-attention", action="store_true", help="leave out the attention figures")
     p.add_argument("--cam-layer", default=None, metavar="NAME",
-                   help="Grad-CAM layer, a module name such as layer3 or features.22 (default: the deepest layer "
-                   "whose map is at least 6x6 at the run's input size)")
+                   help="Grad-CAM layer, a module name such as layer3 or features.22; None: the deepest layer "
+                   "whose map is at least 6x6 at the run's input size")
     p.set_defaults(func=_cmd_report)
 
 
