@@ -25,3 +25,15 @@ def tiny_runs(tmp_path_factory) -> list[Path]:
     for cfg in cfgs:
         finetune(cfg)
     return [Path(c.out_dir) for c in cfgs]
+
+
+@pytest.fixture(scope="session")
+def tiny_cv(tmp_path_factory) -> Path:
+    """A finished 3-fold cross-validation (vitfer.engine.cv) of a 2-block ViT on 42 synthetic faces at 32 px."""
+    from vitfer.engine import FinetuneConfig, run_folds
+
+    out = tmp_path_factory.mktemp("cv") / "synth-cv"
+    run_folds(FinetuneConfig(model="vit_tiny_patch16_224", dataset="synthetic", synthetic_n=42, img_size=32,
+                             patch_size=8, model_overrides={"depth": 2, "embed_dim": 64, "num_heads": 2},
+                             split="kfold", n_folds=3, epochs=1, batch_size=8, warmup_steps=2, out_dir=str(out)))
+    return out

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vitfer.analysis import (
-    attention_distances, attention_heatmaps, attention_rollout, crossvit_cls_attention, gpsa_gating, grad_cam,
-    rollout_map,
+    Heatmap, attention_distances, attention_heatmaps, attention_rollout, choose_cam_layer, crossvit_cls_attention,
+    gpsa_gating, grad_cam, heatmaps, map_contrast, rollout_map,
 )
 
 from analysis_helpers import tiny
@@ -90,9 +90,44 @@ def test_grad_cam(name):
     assert all(p.grad is None for p in m.parameters())  # no gradients left in the model
 
 
-def test_heatmaps_name_the_family_method():
+def test_heatmaps_name_the_family_method_and_where_it_is_taken():
     x = torch.randn(1, 3, 32, 32)
-    assert list(attention_heatmaps(tiny("vit_tiny_patch16_224"), x)) == ["attention rollout"]
-    assert list(attention_heatmaps(tiny("resnet18d"), x)) == ["Grad-CAM"]
+    assert list(attention_heatmaps(tiny("vit_tiny_patch16_224"), x)) == ["attention rollout, 2 blocks (4x4)"]
+    # at 32 px ResNet-D's layer1 is 8x8, layer2 4x4: Grad-CAM at layer1
+    assert list(attention_heatmaps(tiny("resnet18d"), x)) == ["Grad-CAM, layer1 (8x8)"]
     with pytest.raises(ValueError, match="rollout"):
         attention_rollout(tiny("resnet18d"), x)
+
+
+@pytest.mark.parametrize("name, size, layer, grid", [
+    ("resnet18d", 48, "layer2", (6, 6)),    # layer3 3x3, layer4 2x2 (the old default: a flat tint)
+    ("resnet18d", 224, "layer4", (7, 7)),
+    ("resnet18d", 64, "layer2", (8, 8)),
+    ("vgg16", 48, "features.10", (6, 6)),   # tiny VGG: ReLUs at 48, 24, 12, 6 px
+    ("vit_base_r50_s16_224", 48, "patch_embed.backbone.stages.1", (6, 6)),  # tokens 3x3: backbone Grad-CAM
+])
+def test_grad_cam_layer_is_the_deepest_at_least_6x6(name, size, layer, grid):
+    m = tiny(name, **({"img_size": size} if name.startswith("vit") else {}))
+    x = torch.randn(2, 3, size, size)
+    (h,) = heatmaps(m, x)
+    assert (h.name, h.source, h.grid) == ("Grad-CAM", layer, grid)
+    assert choose_cam_layer(m, x)[0] == layer and choose_cam_layer(m, x)[2] == grid
+    assert grad_cam(m, x).shape == (2, *grid)
+
+
+def test_grad_cam_layer_can_be_named():
+    m = tiny("resnet18d")
+    x = torch.randn(1, 3, 48, 48)
+    assert grad_cam(m, x, layer="layer3").shape == (1, 3, 3)
+    assert heatmaps(m, x, layer="layer4")[0].title == "Grad-CAM, layer4 (2x2)"
+    assert grad_cam(m, x, layer=m.layer1).shape == (1, 12, 12)
+    with pytest.raises(ValueError, match="layer='layer9'"):
+        grad_cam(m, x, layer="layer9")
+
+
+def test_constant_maps_are_flagged():
+    raw = torch.stack([torch.full((6, 6), 0.3), torch.zeros(6, 6), torch.arange(36.0).view(6, 6)])
+    h = Heatmap("test", "here", raw)
+    assert h.flat.tolist() == [True, True, False]
+    assert map_contrast(raw).tolist() == pytest.approx([0.0, 0.0, 1.0])
+    assert h.subset(slice(2, 3)).flat.tolist() == [False] and h.subset(0).raw.shape == (1, 6, 6)

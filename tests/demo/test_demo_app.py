@@ -60,7 +60,8 @@ def test_building_the_page_writes_nothing_into_the_package(app):
 
     folder = Path(vitfer.demo.__file__).parent
     assert sorted(p.name for p in folder.iterdir() if p.suffix in (".py", ".pyi")) == ["__init__.py", "app.py",
-                                                                                        "core.py"]
+                                                                                        "core.py", "examples.py"]
+    assert not [p for p in folder.iterdir() if p.suffix == ".png"]  # the examples are written elsewhere
 
 
 def test_messages_in_the_page(app, tmp_path):
@@ -130,3 +131,18 @@ def test_missing_gradio_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)
     with pytest.raises(ImportError, match=r"pip install 'vitfer\[demo\]'"):
         import_gradio()
+
+
+def test_the_examples_run_with_one_click(app):
+    """The page offers vitfer's synthetic examples; choosing one runs it like an upload."""
+    examples = app.vitfer_examples
+    assert examples[0].label == "7 synthetic faces" and len(examples) == 8
+    config = app.get_config_file()
+    (ds,) = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "vitfer-examples"]
+    assert ds["props"]["sample_labels"] == [e.label for e in examples]
+    out = app.vitfer_handlers["photo"](_upload(examples[0].path))
+    assert "7 faces found" in out[2] and "vitfer-ok" in out[2]
+    for annotated, table, probs, attention in zip(*[iter(out[3:])] * 4, strict=True):
+        assert table.count("<tr class='vitfer-face") == 7 and isinstance(attention, Image.Image)
+    out = app.vitfer_handlers["photo"](_upload(examples[4].path))  # one face: happy
+    assert "1 face found" in out[2]

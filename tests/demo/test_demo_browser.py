@@ -202,3 +202,43 @@ def test_webcam_snapshot(driver, server, artefacts):
     assert "No face found" in driver.find_element(By.ID, "vitfer-message").text
     assert _texts(driver, ".vitfer-faces-html tr.vitfer-face") == []
     _screenshot(driver, artefacts / "demo_webcam.png")
+
+
+def test_an_example_runs_with_one_click(driver, server, artefacts):
+    """No photo at hand: a click on vitfer's synthetic example shows every face boxed and labelled."""
+    import io
+    import urllib.request
+
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from vitfer.demo.core import CHOSEN, OTHER
+
+    _open(driver, server)
+    wait = WebDriverWait(driver, RESULT_TIMEOUT)
+
+    def example(d):
+        hits = [e for e in d.find_elements(By.CSS_SELECTOR, "#vitfer-examples button, #vitfer-examples tr")
+                if e.text.strip() == "7 synthetic faces"]
+        return hits[0] if hits else False
+
+    wait.until(example).click()
+    wait.until(lambda d: all(len(_texts(d, f"#vitfer-faces-{i} tr.vitfer-face")) == 7 for i in (0, 1))
+               and all(d.find_elements(By.CSS_SELECTOR, f"#vitfer-annotated-{i} img") for i in (0, 1)))
+    assert "7 faces found" in driver.find_element(By.ID, "vitfer-message").text
+    for i in (0, 1):
+        rows = driver.find_elements(By.CSS_SELECTOR, f"#vitfer-faces-{i} tr.vitfer-face")
+        labels = [r.find_element(By.CSS_SELECTOR, "td.vitfer-label").text for r in rows]
+        assert len(labels) == 7 and set(labels) <= set(CLASSES), labels
+        boxes = [tuple(int(v) for v in r.find_elements(By.TAG_NAME, "td")[3].text.split(",")) for r in rows]
+        # the boxed photo the page shows: each face's box outline and its label band in the box colour
+        src = driver.find_element(By.CSS_SELECTOR, f"#vitfer-annotated-{i} img").get_attribute("src")
+        with urllib.request.urlopen(src, timeout=20) as r:
+            shown = Image.open(io.BytesIO(r.read())).convert("RGB")
+        for k, (x, y, w, h) in enumerate(boxes):
+            colour = CHOSEN if k == 0 else OTHER
+            assert shown.getpixel((x, y + h // 2)) == colour and shown.getpixel((x + w - 1, y + h // 2)) == colour
+            band = [shown.getpixel((x + dx, y - dy)) for dx in range(2, 60) for dy in range(3, 20)]  # label above
+            assert band.count(colour) > 100 and len(set(band)) > 3, k  # a band of the box colour, text on it
+    _screenshot(driver, artefacts / "demo_example.png")

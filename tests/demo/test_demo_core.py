@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from demo_helpers import CLASSES, faces_canvas, noise_image, not_an_image, save_tiny
+from demo_helpers import (
+    CLASSES, FAMILIES_48, drawn_overlays, face_std, faces_canvas, noise_image, not_an_image, save_family_48, save_tiny,
+)
 from PIL import Image
 
 from vitfer.demo.core import (
@@ -12,11 +14,15 @@ from vitfer.demo.core import (
     DemoError,
     analyse,
     attention_figure,
+    attention_plot,
     draw_faces,
     faces_table,
     load_models,
+    model_title,
+    model_titles,
     read_photo,
 )
+from vitfer.demo.examples import write_examples
 from vitfer.inference import Predictor
 
 
@@ -47,7 +53,8 @@ def test_every_face_classified_by_every_model_as_vitfer_predict_does(models, dem
             assert r["label"] == e["label"]
             assert r["probabilities"] == pytest.approx(e["probabilities"], abs=1e-5)
         (name, maps), = m["maps"].items()
-        assert name in ("attention rollout", "Grad-CAM") and maps.shape[0] == 3
+        # ViT at 32 px: 4x4 tokens; ResNet-D at 224 px: layer4 is 7x7
+        assert name in ("attention rollout, 2 blocks (4x4)", "Grad-CAM, layer4 (7x7)") and maps.shape[0] == 3
         assert 0.0 <= maps.min() and maps.max() <= 1.0
         assert m["faces"].shape[0] == 3 and m["faces"].shape[-1] == 3
 
@@ -139,3 +146,79 @@ def test_load_models_fails_on_a_bad_checkpoint(tmp_path):
         load_models([bad])
     with pytest.raises(ValueError, match="at least one checkpoint"):
         load_models([])
+
+
+@pytest.mark.parametrize("family", list(FAMILIES_48))
+def test_attention_panel_at_48px_varies_over_the_face(family, tmp_path):
+    """The demo's attention panel, family by family at 48 px, on the shipped synthetic example:
+    a map at 6x6 cells or more (CrossViT-Ti's large patches: 5x5), drawn over the face, varying."""
+    ckpt = save_family_48(family, tmp_path / f"{family}.safetensors")
+    (ex, *_) = write_examples(tmp_path / "examples")
+    image, _ = read_photo(ex.path)
+    (m,) = analyse(image, load_models([ckpt]))["models"]
+    assert len(m["records"]) == 7
+    for h in m["heatmaps"]:
+        assert min(h.grid) >= (5 if family == "crossvit" else 6), h.title
+    for face in range(7):
+        fig = attention_plot(m, face)
+        drawn = drawn_overlays(fig)
+        assert len(drawn) == len(m["heatmaps"])
+        for d in drawn:
+            assert d.shape == (48, 48)
+            assert face_std(d) > 0.05, f"{family}, face {face + 1}: the drawn map is (nearly) constant over the face"
+        labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+        assert all(any(h.source in lab for lab in labels) for h in m["heatmaps"])  # the layer is named
+        assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == len(m["heatmaps"])
+
+
+def test_the_demo_crops_with_the_predictors_margin(demo_ckpts, tmp_path):
+    (ex, *_) = write_examples(tmp_path / "examples")
+    image, _ = read_photo(ex.path)
+    (p,) = load_models(demo_ckpts[:1])
+    faces = {}
+    for margin in (0.0, 0.4):
+        p.margin = margin
+        (m,) = analyse(image, [p])["models"]
+        faces[margin] = m["faces"]
+        expected = {tuple(r["box"]): r for r in p.predict(str(ex.path))}
+        for r in m["records"]:
+            assert r["probabilities"] == pytest.approx(expected[tuple(r["box"])]["probabilities"], abs=1e-5)
+    assert np.abs(faces[0.0] - faces[0.4]).mean() > 0.02
+
+
+def test_column_titles_tell_two_runs_of_one_model_apart(demo_ckpts, tmp_path):
+    import shutil
+
+    a, b = tmp_path / "runs" / "vit-a" / "model.safetensors", tmp_path / "runs" / "vit-b" / "model.safetensors"
+    for p in (a, b):
+        p.parent.mkdir(parents=True)
+        shutil.copy(demo_ckpts[0], p)
+    preds = load_models([a, b, demo_ckpts[1]])
+    titles = model_titles(preds, [a, b, demo_ckpts[1]])
+    assert titles == ["vit_tiny_patch16_224 · vit-a/model.safetensors",
+                      "vit_tiny_patch16_224 · vit-b/model.safetensors",
+                      "resnet18d · resnet.safetensors"]
+    c = tmp_path / "other" / "vit-a" / "model.safetensors"  # same run folder name elsewhere: one more folder
+    c.parent.mkdir(parents=True)
+    shutil.copy(demo_ckpts[0], c)
+    assert model_titles(preds[:2], [a, c]) == ["vit_tiny_patch16_224 · runs/vit-a/model.safetensors",
+                                               "vit_tiny_patch16_224 · other/vit-a/model.safetensors"]
+    assert model_title(preds[2], demo_ckpts[1]) == "resnet18d · resnet.safetensors"
+
+
+def test_examples_are_synthetic_faces_the_detector_finds(tmp_path):
+    from vitfer.data.faces import FaceDetector
+
+    examples = write_examples(tmp_path / "ex")
+    assert [e.path.name for e in examples] == ["synthetic_faces.png"] + [f"synthetic_{c}.png" for c in
+                                                                         ["anger", "disgust", "fear", "happy",
+                                                                          "neutral", "sad", "surprise"]]
+    det = FaceDetector()
+    for e in examples:  # OpenCV's Haar cascade finds every synthetic face, on the canvas too
+        assert e.found == e.faces == len(det.detect(Image.open(e.path))) and e.note == ""
+        assert e.path.stat().st_size < 300_000
+    canvas = examples[0]
+    assert canvas.faces == 7 and Image.open(canvas.path).size[0] > 500
+    # the same bytes every time: an example is a function of vitfer's code, not of the run
+    again = write_examples(tmp_path / "ex2")
+    assert all(x.path.read_bytes() == y.path.read_bytes() for x, y in zip(examples, again, strict=True))

@@ -9,18 +9,21 @@ The functions that return tensors need only torch; the figures need matplotlib a
 scikit-learn (``pip install 'vitfer[plots]'``; without it they raise an ImportError saying so).
 """
 from .attention import (
-    attention_distances, attention_heatmaps, attention_rollout, crossvit_cls_attention, gpsa_gating, grad_cam,
-    model_kind, rollout_map,
+    FLAT_RTOL, MIN_MAP_SIDE, Heatmap, attention_distances, attention_heatmaps, attention_rollout, cam_layers,
+    choose_cam_layer, crossvit_cls_attention, gpsa_gating, grad_cam, heatmaps, map_contrast, model_kind, rollout_map,
 )
 from .features import extract_features, tsne
 from .plots import (
-    plot_attention, plot_attention_distance, plot_confusion, plot_gating, plot_learning_curves, plot_tsne, save_figure,
+    display_images, plot_attention, plot_attention_distance, plot_confusion, plot_fold_accuracy, plot_gating,
+    plot_learning_curves, plot_model_attention, plot_tsne, save_figure, upsample_maps,
 )
-from .report import load_run, most_confused, run_test_set, write_report
+from .report import is_cv_folder, load_cv, load_run, most_confused, run_test_set, run_title, write_report
 
 __all__ = [
-    "attention_distances", "attention_heatmaps", "attention_rollout", "crossvit_cls_attention", "gpsa_gating",
-    "grad_cam", "model_kind", "rollout_map", "extract_features", "tsne", "plot_attention", "plot_attention_distance",
-    "plot_confusion", "plot_gating", "plot_learning_curves", "plot_tsne", "save_figure", "load_run", "most_confused",
-    "run_test_set", "write_report",
+    "FLAT_RTOL", "MIN_MAP_SIDE", "Heatmap", "attention_distances", "attention_heatmaps", "attention_rollout",
+    "cam_layers", "choose_cam_layer", "crossvit_cls_attention", "gpsa_gating", "grad_cam", "heatmaps", "map_contrast",
+    "model_kind", "rollout_map", "extract_features", "tsne", "display_images", "plot_attention",
+    "plot_attention_distance", "plot_confusion", "plot_fold_accuracy", "plot_gating", "plot_learning_curves",
+    "plot_model_attention", "plot_tsne", "save_figure", "upsample_maps", "is_cv_folder", "load_cv", "load_run",
+    "most_confused", "run_test_set", "run_title", "write_report",
 ]

@@ -4,7 +4,9 @@
     save_figure(fig, "confusion.png")
 
 Every function takes plain arrays / lists (what ``metrics.json`` and :mod:`vitfer.analysis`
-return) and needs the ``plots`` extra (matplotlib).
+return) and needs the ``plots`` extra (matplotlib). Each takes a ``title`` (the report gives every
+figure one naming the model, dataset, split and test accuracy); :func:`save_figure` writes a PDF
+beside the PNG, for papers.
 """
 from __future__ import annotations
 
@@ -18,19 +20,39 @@ from ._deps import figure
 
 __all__ = [
     "plot_learning_curves", "plot_confusion", "plot_tsne", "plot_attention", "plot_gating",
-    "plot_attention_distance", "save_figure",
+    "plot_attention_distance", "plot_fold_accuracy", "plot_model_attention", "save_figure", "display_images",
+    "upsample_maps",
 ]
 
 
-def save_figure(fig: Any, path: Union[str, os.PathLike], dpi: int = 110) -> Path:
-    """Write ``fig`` as a PNG (Agg canvas) and return the path."""
+def save_figure(fig: Any, path: Union[str, os.PathLike], dpi: int = 110, vector: Optional[str] = "pdf") -> Path:
+    """Write ``fig`` as a PNG and, unless ``vector`` is None, a vector copy beside it
+    (``vector`` is the format: ``pdf`` or ``svg``; same name, that suffix); returns the PNG's
+    path. Each file is written to a temporary name and renamed, so a reader never sees half a
+    figure."""
     path = Path(path)
+    if vector not in (None, "pdf", "svg"):
+        raise ValueError(f"vector must be 'pdf', 'svg' or None, got {vector!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    targets = [(path, {"format": "png", "dpi": dpi})]
+    if vector:
+        targets.append((path.with_suffix(f".{vector}"), {"format": vector}))
+    for target, kw in targets:
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            fig.savefig(tmp, bbox_inches="tight", facecolor="white", **kw)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
-def plot_learning_curves(runs: Sequence[Mapping[str, Any]]) -> Any:
+def _suptitle(fig: Any, title: str) -> None:
+    if title:
+        fig.suptitle(title, fontsize=10)
+
+
+def plot_learning_curves(runs: Sequence[Mapping[str, Any]], title: str = "") -> Any:
     """Train and validation accuracy (left) and loss (right) per epoch; the test accuracy of each
     run marked (a star at its best epoch and a dotted line).
 
@@ -72,13 +94,15 @@ def plot_learning_curves(runs: Sequence[Mapping[str, Any]]) -> Any:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.legend(fontsize=7, loc="lower right")
     ax_loss.legend(fontsize=7, loc="upper right")
+    _suptitle(fig, title)
     fig.tight_layout()
     return fig
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "") -> Any:
     """The confusion matrix twice: counts (left) and row-normalised, i.e. per-class recall (right);
-    rows are the true classes, columns the predicted ones, class names on both axes."""
+    rows are the true classes, columns the predicted ones, class names on both axes; ``title``
+    above both."""
     conf = np.asarray(confusion, dtype=np.int64)
     k = conf.shape[0]
     if conf.ndim != 2 or conf.shape[1] != k or len(class_names) != k:
@@ -90,7 +114,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
         im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(1, data.max()) if what == "counts" else 1.0)
         ax.set_xticks(range(k), class_names, rotation=45, ha="right")
         ax.set_yticks(range(k), class_names)
-        ax.set(xlabel="predicted", ylabel="true", title=f"{title} {what}".strip())
+        ax.set(xlabel="predicted", ylabel="true", title=what)
         hi = data.max() / 2 if data.max() else 0.5
         for i in range(k):
             for j in range(k):
@@ -98,6 +122,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
                 ax.text(j, i, txt, ha="center", va="center", fontsize=8,
                         color="white" if data[i, j] > hi else "black")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    _suptitle(fig, title)
     fig.tight_layout()
     return fig
 
@@ -121,7 +146,7 @@ def plot_tsne(embedding: np.ndarray, labels: Sequence[int], class_names: Sequenc
         if len(pts):
             ax.scatter(*pts.T, s=18, color=f"C{c % 10}", label=f"{name} ({len(pts)})", alpha=0.85,
                        edgecolors="black" if not three else None, linewidths=0.3)
-    ax.set_title(title or f"t-SNE ({emb.shape[1]}-D) of the pre-logit features")
+    ax.set_title(title or f"t-SNE ({emb.shape[1]}-D) of the pre-logit features", fontsize=10)
     ax.legend(fontsize=8, loc="best", markerscale=1.3)
     if three:
         ax.view_init(elev=20, azim=35)
@@ -129,45 +154,125 @@ def plot_tsne(embedding: np.ndarray, labels: Sequence[int], class_names: Sequenc
     return fig
 
 
+def display_images(x: Any, pcfg: Mapping[str, Any]) -> np.ndarray:
+    """Normalised (B, C, H, W) model inputs back to (B, H, W, 3) in [0, 1] for display
+    (``pcfg``: the model's ``pretrained_cfg`` with its ``mean`` and ``std``)."""
+    import torch
+
+    x = torch.as_tensor(x)
+    mean = torch.tensor(pcfg.get("mean", (0.0, 0.0, 0.0)), dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(pcfg.get("std", (1.0, 1.0, 1.0)), dtype=torch.float32).view(1, -1, 1, 1)
+    img = (x.float().cpu() * std[:, : x.shape[1]] + mean[:, : x.shape[1]]).clamp(0, 1)
+    if img.shape[1] == 1:
+        img = img.repeat(1, 3, 1, 1)
+    return img.permute(0, 2, 3, 1).numpy()
+
+
+def upsample_maps(maps: Any, size: tuple[int, int]) -> np.ndarray:
+    """(B, h, w) maps to (B, H, W), as the figures draw them: bicubic upsampling (smooth, no
+    blocks) and each map scaled to [0, 1] on its own (min to max). A constant map gives zeros."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+    if m.ndim != 3:
+        raise ValueError(f"upsample_maps needs (B, h, w) maps, got shape {tuple(m.shape)}")
+    up = F.interpolate(m[:, None], size=tuple(size), mode="bicubic", align_corners=False)[:, 0]
+    flat = up.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(up).numpy()
+
+
 def plot_attention(
-    images: np.ndarray, maps: Mapping[str, np.ndarray], titles: Optional[Sequence[str]] = None, alpha: float = 0.5
+    images: np.ndarray, maps: Mapping[str, Any], titles: Optional[Sequence[str]] = None, alpha: float = 0.5,
+    title: str = "",
 ) -> Any:
-    """Sample faces (top row) and, one row a map kind, each map upsampled to the face and laid over
-    it (jet colours, ``alpha``).
+    """Sample faces (top row) and, one row a map kind, each map upsampled to the face (bicubic),
+    scaled to [0, 1] per image and laid over the face (``alpha``), with a colour bar a row.
 
     Args:
         images: (B, H, W, 3) or (B, H, W) in [0, 1].
-        maps: name -> (B, h, w) in [0, 1] (any grid; bilinear upsampling).
-        titles: one a face (e.g. "true / predicted").
+        maps: row label -> (B, h, w) maps (any grid), or -> :class:`~vitfer.analysis.attention.Heatmap`
+            (labelled with its title, e.g. "Grad-CAM, layer2 (6x6)"). A map constant over its
+            face (:data:`~vitfer.analysis.attention.FLAT_RTOL`) is not drawn: its cell says so.
+        titles: one a face (e.g. "true -> predicted").
+        title: the figure's title.
+
+    The drawn maps are ``fig.vitfer_drawn``: row label -> (B, H, W) (NaN where not drawn).
     """
-    import torch
-    import torch.nn.functional as F
+    from .attention import FLAT_RTOL, map_contrast
 
     imgs = np.asarray(images, dtype=np.float32)
     if imgs.ndim == 3:
         imgs = np.repeat(imgs[..., None], 3, axis=-1)
     b, h, w = imgs.shape[:3]
-    fig = figure(figsize=(1.9 * b, 2.0 * (1 + len(maps))))
-    axes = np.asarray(fig.subplots(1 + len(maps), b, squeeze=False))
+    rows = []
+    for label, m in maps.items():
+        if hasattr(m, "raw") and hasattr(m, "flat"):
+            raw, flat, label = np.asarray(m.raw, dtype=np.float32), np.asarray(m.flat), m.title.replace(", ", "\n", 1)
+        else:
+            import torch
+
+            raw = np.asarray(m, dtype=np.float32)
+            flat = (map_contrast(torch.as_tensor(raw)) < FLAT_RTOL).numpy()
+        if raw.ndim != 3 or raw.shape[0] != b:
+            raise ValueError(f"map {label!r} has shape {raw.shape}, expected ({b}, h, w) for {b} faces")
+        up = upsample_maps(raw, (h, w))
+        up[flat] = np.nan
+        rows.append((label, up, flat))
+    fig = figure(figsize=(1.9 * b + 1.0, 2.0 * (1 + len(rows)) + (0.4 if title else 0)), layout="constrained")
+    axes = np.asarray(fig.subplots(1 + len(rows), b, squeeze=False))
+    fig.vitfer_drawn = {}
     for i in range(b):
         axes[0, i].imshow(np.clip(imgs[i], 0, 1))
         if titles:
             axes[0, i].set_title(titles[i], fontsize=8)
-    for r, (name, m) in enumerate(maps.items(), start=1):
-        up = F.interpolate(torch.as_tensor(np.asarray(m, dtype=np.float32))[:, None], size=(h, w), mode="bilinear",
-                           align_corners=False)[:, 0].numpy()
+    axes[0, 0].set_ylabel("face", fontsize=8)
+    for r, (label, up, flat) in enumerate(rows, start=1):
+        im = None
         for i in range(b):
-            axes[r, i].imshow(np.clip(imgs[i], 0, 1).mean(-1), cmap="gray")
-            axes[r, i].imshow(up[i], cmap="jet", alpha=alpha, vmin=0, vmax=1)
-        axes[r, 0].set_ylabel(name, fontsize=8)
+            axes[r, i].imshow(np.clip(imgs[i], 0, 1).mean(-1), cmap="gray", vmin=0, vmax=1)
+            if flat[i]:
+                axes[r, i].text(0.5, 0.5, "constant map:\nnot drawn", transform=axes[r, i].transAxes, ha="center",
+                                va="center", fontsize=7, color="black", bbox={"facecolor": "white", "alpha": 0.85})
+            else:
+                im = axes[r, i].imshow(up[i], cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+        fig.vitfer_drawn[label] = up
+        if im is not None:
+            cb = fig.colorbar(im, ax=list(axes[r]), shrink=0.9, pad=0.02, aspect=12)
+            cb.set_label("per image: min - max", fontsize=7)
+            cb.set_ticks([0, 0.5, 1])
+            cb.ax.tick_params(labelsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    _suptitle(fig, title)
     return fig
 
 
-def plot_gating(gating: np.ndarray) -> Any:
+def plot_model_attention(
+    model: Any, x: Any, titles: Optional[Sequence[str]] = None, title: str = "", layer: Any = None,
+    maps: Optional[Sequence[Any]] = None,
+) -> tuple[Any, list[Any]]:
+    """The attention figure of the report and the demo: the faces ``x`` (B, C, H, W, normalised
+    model inputs) and, one row each, the :func:`~vitfer.analysis.attention.heatmaps` of
+    ``model``'s family (Grad-CAM at ``layer``, default the deepest at least 6x6).
+
+    Returns ``(figure, heatmaps)``; a map kind constant over every face gets no row, and the
+    figure is ``None`` when no row is left (the heat maps say why: ``flat``). ``maps``: heat maps
+    already computed for ``x`` (then ``model`` only gives the display mean/std).
+    """
+    from .attention import heatmaps
+
+    hms = list(maps) if maps is not None else heatmaps(model, x, layer=layer)
+    rows = {h.title: h for h in hms if not bool(h.flat.all())}
+    if not rows:
+        return None, hms
+    return plot_attention(display_images(x, model.pretrained_cfg), rows, titles, title=title), hms
+
+
+def plot_gating(gating: np.ndarray, title: str = "") -> Any:
     """ConViT's GPSA gates (layers, heads) as an annotated heat map, and per layer the mean gate
     with the spread over the heads (1: positional, 0: content)."""
     g = np.asarray(gating, dtype=np.float64)
@@ -191,11 +296,12 @@ def plot_gating(gating: np.ndarray) -> Any:
     ax_line.set_xticks(layers)
     ax_line.grid(alpha=0.3)
     ax_line.legend(fontsize=8)
+    _suptitle(fig, title)
     fig.tight_layout()
     return fig
 
 
-def plot_attention_distance(distances: np.ndarray, n_local: int = 0) -> Any:
+def plot_attention_distance(distances: np.ndarray, n_local: int = 0, title: str = "") -> Any:
     """Mean attention distance (patches) of every head (dots) and layer (line: the mean over
     heads); the first ``n_local`` layers (ConViT's GPSA layers) shaded."""
     d = np.asarray(distances, dtype=np.float64)
@@ -213,5 +319,32 @@ def plot_attention_distance(distances: np.ndarray, n_local: int = 0) -> Any:
     ax.set_xticks(layers)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    _suptitle(fig, title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fold_accuracy(folds: Sequence[str], accuracy: Sequence[float], n: Optional[Sequence[int]] = None,
+                       title: str = "") -> Any:
+    """Test accuracy of every fold of a cross-validation (bars, in %), with the mean +- std
+    over the folds (line and band); ``n`` (test images a fold) is written above each bar."""
+    acc = 100 * np.asarray(accuracy, dtype=np.float64)
+    if acc.ndim != 1 or len(acc) != len(folds) or not len(acc):
+        raise ValueError(f"plot_fold_accuracy needs one accuracy a fold, got {len(acc)} for {len(folds)} folds")
+    fig = figure(figsize=(max(6.0, 0.7 * len(acc) + 2.5), 4.0))
+    ax = fig.add_subplot()
+    x = np.arange(len(acc))
+    ax.bar(x, acc, color="C0", alpha=0.8)
+    mean, std = acc.mean(), (acc.std(ddof=1) if len(acc) > 1 else 0.0)
+    ax.axhline(mean, color="black", lw=1.2, label=f"mean {mean:.1f}%")
+    ax.axhspan(mean - std, mean + std, color="grey", alpha=0.2, label=f"+- std {std:.1f}")
+    if n is not None:
+        for xi, a, k in zip(x, acc, n):
+            ax.text(xi, a + 1, f"n={k}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, list(folds), rotation=45 if len(acc) > 6 else 0, ha="right" if len(acc) > 6 else "center")
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 105), title="test accuracy per fold")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _suptitle(fig, title)
     fig.tight_layout()
     return fig

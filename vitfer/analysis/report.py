@@ -7,9 +7,13 @@
 For every run: learning curves, the confusion matrix (counts and row-normalised), t-SNE of the
 pre-logit test features in 2-D and 3-D, and attention on sample test faces (rollout for ViT and
 the hybrid; rollout, GPSA gating and attention distances for ConViT; the class tokens'
-cross-attention for CrossViT; Grad-CAM for CNNs). For several runs also the learning curves
-overlaid and a comparison table in the study's format. ``report.md`` links the PNGs;
-``report.html`` embeds them (one self-contained file).
+cross-attention for CrossViT; Grad-CAM for CNNs, at the deepest layer whose map is at least 6x6
+for the run's input size, and for the hybrid when its token grid is coarser). For several runs
+also the learning curves overlaid and a comparison table in the study's format. A
+cross-validation folder (``fold-K/`` and summary.json) is reported pooled, then fold by fold.
+Every figure is titled with the model, dataset, split and test accuracy and written as a PNG and
+a PDF; an attention map that is constant over a face is reported as a defect, not drawn.
+``report.md`` links the PNGs (and PDFs); ``report.html`` embeds the PNGs (one self-contained file).
 
 The test set is rebuilt from the run's config (same data, split, fold and seed), so the figures
 are of exactly the images the run was tested on.
@@ -28,7 +32,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-__all__ = ["load_run", "run_test_set", "write_report", "most_confused", "markdown_to_html"]
+__all__ = ["load_run", "run_test_set", "write_report", "most_confused", "markdown_to_html", "run_title", "load_cv",
+           "is_cv_folder"]
 
 _logger = logging.getLogger(__name__)
 
@@ -92,25 +97,30 @@ def most_confused(confusion: Sequence[Sequence[int]], class_names: Sequence[str]
     return sorted(cells, key=lambda c: (-c[2], -c[3]))[:k]
 
 
-def _sample_indices(labels: np.ndarray, n: int) -> list[int]:
-    """Up to ``n`` test items, one class after the other (round robin), so every expression shows."""
-    by_class = {c: list(np.flatnonzero(labels == c)) for c in sorted(set(labels.tolist()))}
-    out: list[int] = []
-    while len(out) < n and any(by_class.values()):
-        for c in by_class:
-            if by_class[c] and len(out) < n:
-                out.append(int(by_class[c].pop(0)))
-    return out
+_DATASET_NAMES = {"synthetic": "synthetic faces", "ckplus48": "CK+48", "jaffe": "JAFFE", "fer2013": "FER2013"}
 
 
-def _display_images(x: torch.Tensor, pcfg: dict[str, Any]) -> np.ndarray:
-    """Normalised (B, C, H, W) model inputs back to (B, H, W, 3) in [0, 1] for display."""
-    mean = torch.tensor(pcfg.get("mean", (0.0, 0.0, 0.0)), dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(pcfg.get("std", (1.0, 1.0, 1.0)), dtype=torch.float32).view(1, -1, 1, 1)
-    img = (x.float().cpu() * std[:, : x.shape[1]] + mean[:, : x.shape[1]]).clamp(0, 1)
-    if img.shape[1] == 1:
-        img = img.repeat(1, 3, 1, 1)
-    return img.permute(0, 2, 3, 1).numpy()
+def _dataset_name(cfg: dict[str, Any]) -> str:
+    ds = cfg.get("dataset", "?")
+    if ds == "folder" and cfg.get("data_dir"):
+        return Path(str(cfg["data_dir"])).name
+    return _DATASET_NAMES.get(ds, str(ds))
+
+
+def _split_name(cfg: dict[str, Any], fold_dir: Optional[Path] = None) -> str:
+    split = cfg.get("split", "?")
+    if split in ("kfold", "subject-kfold"):
+        named = fold_dir is not None and fold_dir.name.startswith("fold-")
+        where = fold_dir.name if named else f"fold {cfg.get('fold')}"
+        return f"{split} split, {where} of {cfg.get('n_folds', '?')}"
+    return f"{split} split"
+
+
+def run_title(run: dict[str, Any]) -> str:
+    """The title every figure of a run gets: ``model · dataset · split · test accuracy``."""
+    m, cfg = run["metrics"], run["config"]
+    return (f"{m.get('model') or cfg.get('model', '?')} · {_dataset_name(cfg)} · {_split_name(cfg, run['dir'])} · "
+            f"test accuracy {100 * m['test_accuracy']:.1f}%")
 
 
 def _fig(fig: Any, path: Path, figures: list[Path]) -> str:
@@ -122,32 +132,97 @@ def _fig(fig: Any, path: Path, figures: list[Path]) -> str:
     return path.name
 
 
+def _show(alt: str, name: str) -> list[str]:
+    """A figure in report.md: the PNG, and a link to its vector copy."""
+    pdf = Path(name).with_suffix(".pdf").name
+    return [f"![{alt}]({name})", "", f"Vector copy: [{pdf}]({pdf}).", ""]
+
+
+def _attention_lines(run: dict[str, Any], model: Any, test_set: Any, classes: list[str], out: Path,
+                     figures: list[Path], *, samples: int, device: str, cam_layer: Optional[str]) -> list[str]:
+    from .attention import FLAT_RTOL, attention_distances, gpsa_gating, model_kind
+    from .plots import plot_attention_distance, plot_gating, plot_model_attention
+
+    tag, title = run["tag"], run_title(run)
+    kind = model_kind(model)
+    labels = np.asarray(test_set.labels)
+    idx = _sample_indices(labels, samples)
+    x = torch.stack([test_set[i][0] for i in idx]).to(device)
+    with torch.no_grad():
+        pred = model(x).argmax(-1).cpu().tolist()
+    titles = [f"{classes[labels[i]]}\n-> {classes[p]}" for i, p in zip(idx, pred)]
+    fig, hms = plot_model_attention(model, x, titles, title=title, layer=cam_layer)
+    what = {"vit": "attention rollout (class token over the patches, heads averaged, residual mixed in)",
+            "convit": "attention rollout through the GPSA and self-attention blocks",
+            "crossvit": "each branch's class token attending to the other branch's patches (last fusion, heads "
+                        "averaged)",
+            "cnn": "Grad-CAM of the predicted class"}[kind]
+    if hms and hms[0].name == "Grad-CAM" and kind != "cnn":
+        what = "Grad-CAM of the predicted class, taken in the CNN backbone"
+    lines = ["### Attention on sample test faces", "",
+             f"Top row: the faces (true -> predicted); below: {what}. Each row names the map and its grid "
+             f"({', '.join(f'{h.title}' for h in hms)}); the map is upsampled to the "
+             f"{x.shape[-2]}x{x.shape[-1]} px face (bicubic) and scaled to its own minimum-maximum, so colours "
+             "compare places within a face, not faces.", ""]
+    lines += [f"Note: {h.title}: {h.note}." for h in hms if h.note]
+    for h in hms:
+        n_flat, n_bad = int(h.flat.sum()), int((~h.finite).sum())
+        why = (f"constant (its range below {100 * FLAT_RTOL:g}% of its value)" if not n_bad else
+               "constant or not finite (NaN or inf)")
+        if n_flat == len(idx):
+            lines.append(f"**Defect:** {h.title} is {why} over every sample face: not drawn.")
+            continue
+        if n_flat:
+            lines.append(f"**Defect:** {h.title} is {why} over {n_flat} of the {len(idx)} faces (marked "
+                         "'constant map' in the figure).")
+    if lines[-1] != "":
+        lines.append("")
+    if fig is not None:
+        lines += _show("attention", _fig(fig, out / f"{tag}_attention.png", figures))
+    if kind == "convit":
+        g = gpsa_gating(model).numpy()
+        name = _fig(plot_gating(g, title=title), out / f"{tag}_gpsa_gating.png", figures)
+        means = ", ".join(f"{v:.2f}" for v in g.mean(1))
+        lines += ["### GPSA gating", "", f"Mean gate per GPSA layer (1 = positional, 0 = content): {means}.", ""]
+        lines += _show("GPSA gating", name)
+    if kind in ("vit", "convit"):
+        d = attention_distances(model, x).numpy()
+        n_local = len(getattr(model, "gpsa_layers", []))
+        name = _fig(plot_attention_distance(d, n_local, title=title), out / f"{tag}_attention_distance.png", figures)
+        lines += ["### Mean attention distance", "",
+                  "Mean distance (patches) per layer, over the heads: " + ", ".join(f"{v:.2f}" for v in d.mean(1))
+                  + ".", ""]
+        lines += _show("attention distance", name)
+    return lines
+
+
 def _run_section(run: dict[str, Any], out: Path, figures: list[Path], *, samples: int, device: str,
-                 data_dir: Optional[str], do_tsne: bool, do_attention: bool) -> list[str]:
-    from .attention import attention_distances, attention_heatmaps, gpsa_gating, model_kind
+                 data_dir: Optional[str], do_tsne: bool, do_attention: bool,
+                 cam_layer: Optional[str] = None) -> list[str]:
     from .features import extract_features, tsne
-    from .plots import (plot_attention, plot_attention_distance, plot_confusion, plot_gating,
-                        plot_learning_curves, plot_tsne)
+    from .plots import plot_confusion, plot_learning_curves, plot_tsne
 
     m, cfg, tag = run["metrics"], run["config"], run["tag"]
+    title = run_title(run)
     classes = list(m.get("class_names") or m.get("classes") or [])
     test = m.get("test", {})
     lines = [f"## {run['label']}", "",
-             f"Run folder `{run['dir']}`: {cfg.get('split')} split, seed {cfg.get('seed')}, recipe "
+             f"Run folder `{run['dir']}`: {_split_name(cfg, run['dir'])}, seed {cfg.get('seed')}, recipe "
              f"`{cfg.get('recipe')}`, {'pretrained' if cfg.get('pretrained') else 'from scratch'}, "
              f"{cfg.get('epochs')} epochs, {m.get('params_m', 0):.2f} M parameters. Test accuracy "
              f"**{100 * m['test_accuracy']:.2f}%** (UAR {100 * test.get('uar', float('nan')):.1f}%, macro-F1 "
              f"{100 * test.get('macro_f1', float('nan')):.1f}%, {test.get('n', '?')} images), best epoch "
              f"{m.get('best_epoch')}, training time {m.get('train_time_s', m.get('seconds', 0)):.0f} s.", ""]
     name = _fig(plot_learning_curves([{"label": m.get("model", "run"), "history": run["history"],
-                                       "test_accuracy": m["test_accuracy"], "best_epoch": m.get("best_epoch")}]),
+                                       "test_accuracy": m["test_accuracy"], "best_epoch": m.get("best_epoch")}],
+                                     title=title),
                 out / f"{tag}_curves.png", figures)
-    lines += ["### Learning curves", "", f"![learning curves]({name})", ""]
-    name = _fig(plot_confusion(m["confusion"], classes, title=m.get("model", "")), out / f"{tag}_confusion.png", figures)
+    lines += ["### Learning curves", ""] + _show("learning curves", name)
+    name = _fig(plot_confusion(m["confusion"], classes, title=title), out / f"{tag}_confusion.png", figures)
     conf_pairs = most_confused(m["confusion"], classes)
-    lines += ["### Confusion matrix", "", f"![confusion matrix]({name})", "",
-              "Most confused (true -> predicted): " + ("; ".join(
-                  f"{t} -> {p}: {n} ({100 * s:.0f}% of {t})" for t, p, n, s in conf_pairs) or "none") + ".", ""]
+    lines += ["### Confusion matrix", ""] + _show("confusion matrix", name) + [
+        "Most confused (true -> predicted): " + ("; ".join(
+            f"{t} -> {p}: {n} ({100 * s:.0f}% of {t})" for t, p, n, s in conf_pairs) or "none") + ".", ""]
     per_class = m.get("per_class_accuracy") or {}
     if per_class:
         lines += ["Per-class accuracy: " + ", ".join(
@@ -155,8 +230,6 @@ def _run_section(run: dict[str, Any], out: Path, figures: list[Path], *, samples
     if not (do_tsne or do_attention):
         return lines
     model, test_set = run_test_set(run, data_dir=data_dir, device=device)
-    kind = model_kind(model)
-    labels = np.asarray(test_set.labels)
     if do_tsne:
         feats = extract_features(model, test_set, device=device)
         agree = float((feats["predictions"] == feats["labels"]).mean())
@@ -165,45 +238,126 @@ def _run_section(run: dict[str, Any], out: Path, figures: list[Path], *, samples
                   f"(the checkpoint re-scores them at {100 * agree:.1f}% accuracy).", ""]
         for dim in (2, 3):
             emb = tsne(feats["features"], dim=dim, seed=0)
-            name = _fig(plot_tsne(emb, feats["labels"], classes, title=f"{m.get('model')}: t-SNE {dim}-D, test features"),
+            name = _fig(plot_tsne(emb, feats["labels"], classes,
+                                  title=f"{title}\nt-SNE {dim}-D of the pre-logit test features"),
                         out / f"{tag}_tsne{dim}d.png", figures)
-            lines += [f"![t-SNE {dim}-D]({name})", ""]
+            lines += _show(f"t-SNE {dim}-D", name)
     if do_attention:
-        idx = _sample_indices(labels, samples)
-        x = torch.stack([test_set[i][0] for i in idx]).to(device)
-        with torch.no_grad():
-            pred = model(x).argmax(-1).cpu().tolist()
-        titles = [f"{classes[labels[i]]}\n-> {classes[p]}" for i, p in zip(idx, pred)]
-        maps = {k: v.cpu().numpy() for k, v in attention_heatmaps(model, x).items()}
-        name = _fig(plot_attention(_display_images(x, model.pretrained_cfg), maps, titles), out / f"{tag}_attention.png",
-                    figures)
-        what = {"vit": "attention rollout (class token over the patches, heads averaged, residual mixed in)",
-                "convit": "attention rollout through the GPSA and self-attention blocks",
-                "crossvit": "each branch's class token attending to the other branch's patches (last fusion, heads "
-                            "averaged)",
-                "cnn": "Grad-CAM of the predicted class"}[kind]
-        lines += ["### Attention on sample test faces", "", f"Top row: the faces (true -> predicted); below: {what}.",
-                  "", f"![attention]({name})", ""]
-        if kind == "convit":
-            g = gpsa_gating(model).numpy()
-            name = _fig(plot_gating(g), out / f"{tag}_gpsa_gating.png", figures)
-            means = ", ".join(f"{v:.2f}" for v in g.mean(1))
-            lines += ["### GPSA gating", "", f"Mean gate per GPSA layer (1 = positional, 0 = content): {means}.", "",
-                      f"![GPSA gating]({name})", ""]
-        if kind in ("vit", "convit"):
-            d = attention_distances(model, x).numpy()
-            n_local = len(getattr(model, "gpsa_layers", []))
-            name = _fig(plot_attention_distance(d, n_local), out / f"{tag}_attention_distance.png", figures)
-            lines += ["### Mean attention distance", "",
-                      "Mean distance (patches) per layer, over the heads: " + ", ".join(f"{v:.2f}" for v in d.mean(1))
-                      + ".", "", f"![attention distance]({name})", ""]
+        lines += _attention_lines(run, model, test_set, classes, out, figures, samples=samples, device=device,
+                                  cam_layer=cam_layer)
     return lines
 
 
-def _comparison(runs: Sequence[dict[str, Any]]) -> list[str]:
-    from vitfer.engine.study import run_table_row, tables_markdown
+def _fold_number(path: Path) -> int:
+    try:
+        return int(path.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
 
-    from vitfer.engine.study import STUDY_MODELS
+
+def is_cv_folder(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is a cross-validation folder (``fold-K/`` run folders, no metrics.json)."""
+    p = Path(path).expanduser()
+    return p.is_dir() and not (p / "metrics.json").is_file() and any(
+        d.is_dir() and _fold_number(d) >= 0 for d in p.glob("fold-*"))
+
+
+def load_cv(cv_dir: Union[str, os.PathLike]) -> dict[str, Any]:
+    """A finished cross-validation folder (``vitfer finetune --all-folds``, :mod:`vitfer.engine.cv`):
+    its ``summary`` (summary.json) and its ``folds`` (:func:`load_run` of every ``fold-K``, in order)."""
+    out = Path(cv_dir).expanduser()
+    sfile = out / "summary.json"
+    folds = sorted((d for d in out.glob("fold-*") if d.is_dir() and _fold_number(d) >= 0), key=_fold_number)
+    if not sfile.is_file():
+        unfinished = [d.name for d in folds if not (d / "metrics.json").is_file()]
+        raise FileNotFoundError(
+            f"{out} is a cross-validation folder whose summary.json is missing"
+            + (f" (unfinished: {', '.join(unfinished)})" if unfinished else "")
+            + ": rerun the same command to finish the folds")
+    try:
+        summary = json.loads(sfile.read_text())
+    except ValueError as e:
+        raise ValueError(f"{sfile} is not valid JSON ({e})") from e
+    n = summary.get("n_folds", len(folds))
+    if len(folds) != n:
+        raise FileNotFoundError(f"{sfile} summarises {n} folds but {out} holds {len(folds)} fold folders "
+                                f"({', '.join(d.name for d in folds) or 'none'})")
+    runs = [load_run(d) for d in folds]
+    cfg = summary.get("config") or runs[0]["config"]
+    return {"dir": out, "summary": summary, "folds": runs, "config": cfg,
+            "tag": re.sub(r"[^A-Za-z0-9_.-]+", "_", out.name) or "cv",
+            "label": f"{summary.get('model') or cfg.get('model', '?')} on {cfg.get('dataset', '?')}: "
+                     f"{cfg.get('split', '?')}, {n} folds"}
+
+
+def _cv_section(cv: dict[str, Any], out: Path, figures: list[Path]) -> list[str]:
+    """The pooled part of a cross-validation: per-fold table, accuracy per fold, overlaid curves
+    and the pooled confusion matrix."""
+    from .plots import plot_confusion, plot_fold_accuracy, plot_learning_curves
+
+    s, cfg, tag = cv["summary"], cv["config"], cv["tag"]
+    model = s.get("model") or cfg.get("model", "?")
+    acc, uar, f1, pooled = s["accuracy"], s["uar"], s["macro_f1"], s["pooled"]
+    title = (f"{model} · {_dataset_name(cfg)} · {cfg.get('split')} split, {s['n_folds']} folds · test accuracy "
+             f"{100 * acc['mean']:.1f} +- {100 * acc['std']:.1f}% (pooled {100 * pooled['accuracy']:.1f}%)")
+    lines = [f"## {cv['label']} (cross-validation)", "",
+             f"Folder `{cv['dir']}`: {s['n_folds']} folds, each tested on its own images, so every image is "
+             f"tested once. Test accuracy **{100 * acc['mean']:.1f} +- {100 * acc['std']:.1f}%** (mean +- std over "
+             f"the folds), UAR {100 * uar['mean']:.1f} +- {100 * uar['std']:.1f}%, macro-F1 {100 * f1['mean']:.1f} "
+             f"+- {100 * f1['std']:.1f}%; pooled over the folds: accuracy {100 * pooled['accuracy']:.1f}%, UAR "
+             f"{100 * pooled['uar']:.1f}% ({sum(f['n'] for f in s['folds'])} images). Training time "
+             f"{s.get('train_time_s', 0):.0f} s in all.", "",
+             "| fold folder | test subjects | images | accuracy % | UAR % | macro-F1 % | best epoch |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for f, run in zip(s["folds"], cv["folds"]):
+        subj = ", ".join(f.get("test_subjects") or []) or "-"
+        lines.append(f"| {run['dir'].name} | {subj} | {f['n']} | {100 * f['accuracy']:.1f} | {100 * f['uar']:.1f} | "
+                     f"{100 * f['macro_f1']:.1f} | {f.get('best_epoch')} |")
+    lines.append("")
+    names = [r["dir"].name for r in cv["folds"]]
+    name = _fig(plot_fold_accuracy(names, [f["accuracy"] for f in s["folds"]], [f["n"] for f in s["folds"]],
+                                   title=title), out / f"{tag}_folds.png", figures)
+    lines += ["### Accuracy per fold", ""] + _show("accuracy per fold", name)
+    name = _fig(plot_confusion(pooled["confusion"], list(s["classes"]), title=f"{title}\npooled over the folds"),
+                out / f"{tag}_confusion_pooled.png", figures)
+    classes = list(s["classes"])
+    pairs = most_confused(pooled["confusion"], classes)
+    lines += ["### Pooled confusion matrix", ""] + _show("pooled confusion matrix", name) + [
+        "Most confused, pooled (true -> predicted): " + ("; ".join(
+            f"{t} -> {p}: {n} ({100 * sh:.0f}% of {t})" for t, p, n, sh in pairs) or "none") + ".", ""]
+    name = _fig(plot_learning_curves([{"label": r["dir"].name, "history": r["history"],
+                                       "test_accuracy": r["metrics"]["test_accuracy"],
+                                       "best_epoch": r["metrics"].get("best_epoch")} for r in cv["folds"]],
+                                     title=title),
+                out / f"{tag}_curves_folds.png", figures)
+    lines += ["### Learning curves of the folds", ""] + _show("learning curves of the folds", name)
+    return lines
+
+
+def _sample_indices(labels: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` test items, one class after the other (round robin), so every expression shows."""
+    by_class = {c: list(np.flatnonzero(labels == c)) for c in sorted(set(labels.tolist()))}
+    out: list[int] = []
+    while len(out) < n and any(by_class.values()):
+        for c in by_class:
+            if by_class[c] and len(out) < n:
+                out.append(int(by_class[c].pop(0)))
+    return out
+
+
+def _where_trained(runs: Sequence[dict[str, Any]]) -> str:
+    """What the run folders say about where each run trained: the config's ``device`` (a run folder
+    does not record the machine itself)."""
+    by_dev: dict[str, list[str]] = {}
+    for r in runs:
+        by_dev.setdefault(str(r["config"].get("device", "?")), []).append(r["metrics"].get("model", "?"))
+    if len(by_dev) == 1:
+        return f"device `{next(iter(by_dev))}` in every run's config"
+    return "device " + "; ".join(f"`{d}` for {', '.join(ms)}" for d, ms in by_dev.items())
+
+
+def _comparison(runs: Sequence[dict[str, Any]]) -> list[str]:
+    from vitfer.engine.study import STUDY_MODELS, run_table_row, tables_markdown
 
     order = {s: i for i, (s, _) in enumerate(STUDY_MODELS)}
     rows = [run_table_row(r["metrics"], run_dir=str(r["dir"])) for r in runs]
@@ -212,8 +366,13 @@ def _comparison(runs: Sequence[dict[str, Any]]) -> list[str]:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["dataset"]] = r["no"] = counts.get(r["dataset"], 0) + 1
-    md = tables_markdown(rows).splitlines()
-    return ["## Comparison", ""] + [ln.replace("## ", "### ", 1) for ln in md[2:]] + [""]
+    md = [ln.replace("## ", "### ", 1) for ln in tables_markdown(rows).splitlines()[2:]]
+    # the study's tables name the machine in their header; a report of run folders has only the configs
+    md = [ln for ln in md if not ln.startswith("Training time:")]
+    md.append("Training time: the training epochs of each run (validation included, test excluded), as measured "
+              f"where it ran ({_where_trained(runs)}; the run folders do not record the machine, so compare "
+              "times only between runs made on one machine).")
+    return ["## Comparison", ""] + md + [""]
 
 
 def write_report(
@@ -225,12 +384,19 @@ def write_report(
     data_dir: Optional[str] = None,
     tsne: bool = True,
     attention: bool = True,
+    cam_layer: Optional[str] = None,
 ) -> dict[str, Any]:
     """Write the figures, ``report.md`` and ``report.html`` of ``run_dirs`` into ``out_dir``.
 
-    Returns ``{"markdown": path, "html": path, "figures": [paths]}``. ``data_dir`` overrides the
-    runs' dataset folder (t-SNE and attention need the test images; the curves and confusion
-    matrices only the run folder).
+    ``run_dirs``: finished run folders and cross-validation folders (``fold-K/`` run folders and
+    summary.json, :mod:`vitfer.engine.cv`), the latter reported pooled (per-fold table, accuracy
+    per fold, pooled confusion matrix, the folds' curves) and then fold by fold.
+
+    Returns ``{"markdown": path, "html": path, "figures": [PNG paths]}``; every figure has a PDF
+    copy beside its PNG and a title naming the model, dataset, split and test accuracy.
+    ``data_dir`` overrides the runs' dataset folder (t-SNE and attention need the test images; the
+    curves and confusion matrices only the run folder). ``cam_layer`` names the Grad-CAM layer
+    (e.g. ``"layer3"``); by default the deepest whose map is at least 6x6 at the run's input size.
     """
     from ._deps import figure
     from .plots import plot_learning_curves
@@ -240,28 +406,37 @@ def write_report(
         raise ValueError("report needs at least one run folder")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    runs = [load_run(d) for d in run_dirs]
+    units: list[tuple[str, dict[str, Any]]] = [("cv", load_cv(d)) if is_cv_folder(d) else ("run", load_run(d))
+                                               for d in run_dirs]
+    runs = [u for k, u in units if k == "run"]
     seen: dict[str, int] = {}
-    for r in runs:  # unique file-name tags
+    for r in [u for _, u in units] + [f for k, u in units if k == "cv" for f in u["folds"]]:  # unique file-name tags
         n = seen[r["tag"]] = seen.get(r["tag"], 0) + 1
         if n > 1:
             r["tag"] = f"{r['tag']}-{n}"
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
-    lines = ["# vitfer report", "", f"{len(runs)} run(s): " + ", ".join(f"`{r['dir']}`" for r in runs) + ".", ""]
+    lines = ["# vitfer report", "", _contents(units), ""]
     if len(runs) > 1:
+        datasets = ", ".join(dict.fromkeys(_dataset_name(r["config"]) for r in runs))
+        splits = ", ".join(dict.fromkeys(_split_name(r["config"], r["dir"]) for r in runs))
         name = _fig(plot_learning_curves([{"label": r["label"], "history": r["history"],
                                            "test_accuracy": r["metrics"]["test_accuracy"],
-                                           "best_epoch": r["metrics"].get("best_epoch")} for r in runs]),
+                                           "best_epoch": r["metrics"].get("best_epoch")} for r in runs],
+                                         title=f"{len(runs)} runs · {datasets} · {splits} · test accuracy in the "
+                                               "legend"),
                     out / "curves_overlay.png", figures)
-        lines += _comparison(runs) + ["### Learning curves, overlaid", "", f"![learning curves]({name})", ""]
+        lines += _comparison(runs) + ["### Learning curves, overlaid", ""] + _show("learning curves", name)
     dev = str(torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device)))
-    for r in runs:
-        _logger.info("report: %s", r["dir"])
-        lines += _run_section(r, out, figures, samples=samples, device=dev, data_dir=data_dir, do_tsne=tsne,
-                              do_attention=attention)
+    for kind, u in units:
+        _logger.info("report: %s", u["dir"])
+        if kind == "cv":
+            lines += _cv_section(u, out, figures)
+        for r in (u["folds"] if kind == "cv" else [u]):
+            lines += _run_section(r, out, figures, samples=samples, device=dev, data_dir=data_dir, do_tsne=tsne,
+                                  do_attention=attention, cam_layer=cam_layer)
     from vitfer.weights.io import atomic_write_text
 
     md = "\n".join(lines) + "\n"
@@ -270,8 +445,18 @@ def write_report(
     return {"markdown": out / "report.md", "html": out / "report.html", "figures": figures}
 
 
+def _contents(units: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    runs = [u for k, u in units if k == "run"]
+    parts = []
+    if runs:
+        parts.append(f"{len(runs)} run(s): " + ", ".join(f"`{r['dir']}`" for r in runs))
+    parts += [f"cross-validation `{u['dir']}` ({len(u['folds'])} folds)" for k, u in units if k == "cv"]
+    return "; ".join(parts) + "."
+
+
 def _inline(text: str) -> str:
     t = html.escape(text)
+    t = re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", t)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 

@@ -5,7 +5,8 @@
     app.close()
 
 :mod:`vitfer.demo.core` computes what the page shows (faces, labels, probabilities, attention)
-without Gradio; :mod:`vitfer.demo.app` builds the page and needs the ``demo`` extra
+without Gradio; :mod:`vitfer.demo.examples` draws the example photos (synthetic faces);
+:mod:`vitfer.demo.app` builds the page and needs the ``demo`` extra
 (``pip install 'vitfer[demo]'``). This package sits above :mod:`vitfer.inference` and
 :mod:`vitfer.analysis`; nothing below it imports it.
 """

@@ -1,6 +1,7 @@
 """The Gradio page of ``vitfer demo``: a photo or a webcam snapshot in, for every checkpoint a
 column with the faces boxed and labelled, the chosen face's class probabilities (a bar chart) and
-its attention map.
+its attention map. Example photos drawn by vitfer (:mod:`vitfer.demo.examples`: synthetic faces,
+one an expression and a canvas of all seven) run with one click, for a first look without a photo.
 
     from vitfer.demo import build_app, launch
     app = build_app(["a.safetensors", "b.safetensors"])     # gradio.Blocks, not started
@@ -14,8 +15,11 @@ page loads no font or script from outside (Gradio's default theme ships its font
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from .core import (
     draw_faces,
     faces_table,
     load_models,
-    model_title,
+    model_titles,
     read_photo,
 )
 
@@ -53,9 +57,9 @@ table.vitfer-faces tr.vitfer-chosen td {background: #ffecec; font-weight: 600}
 """
 
 _INTRO = ("## vitfer demo: facial expressions\n"
-          "Upload a photo (or take one with the webcam). Every face that OpenCV's detector finds is boxed and "
-          "classified by each checkpoint, one column a model. Choose a face, or click it in an image, to see its "
-          "class probabilities and where the model looked ({what}).")
+          "Upload a photo (or take one with the webcam), or click one of the examples below it. Every face that "
+          "OpenCV's detector finds is boxed and classified by each checkpoint, one column a model. Choose a face, or "
+          "click it in an image, to see its class probabilities and where the model looked ({what}).")
 
 
 def import_gradio() -> Any:
@@ -89,10 +93,16 @@ def build_app(checkpoints: Sequence[Any], *, predictors: Sequence[Any] | None = 
     """The demo as a ``gradio.Blocks`` (not launched). ``predictors``: already loaded
     :class:`~vitfer.inference.Predictor` objects (with detection) of ``checkpoints``; loaded
     here when ``None``."""
+    from .examples import write_examples
+
     gr = import_gradio()
     preds = list(predictors) if predictors is not None else load_models(checkpoints, device=device)
     n = len(preds)
-    titles = [model_title(p, c) for p, c in zip(preds, checkpoints, strict=True)]
+    titles = model_titles(preds, checkpoints)
+    example_dir = tempfile.mkdtemp(prefix="vitfer-demo-examples-")
+    atexit.register(shutil.rmtree, example_dir, ignore_errors=True)
+    examples = write_examples(example_dir, detector=preds[0].detector)
+    example_notes = {e.path.name: e.note for e in examples if e.note}
 
     def empty_columns() -> list[Any]:
         return [None, "", None, None] * n
@@ -130,7 +140,8 @@ def build_app(checkpoints: Sequence[Any], *, predictors: Sequence[Any] | None = 
         except DemoError as e:
             return [None, gr.Radio(choices=[], value=None), message_html(str(e), "error")] + empty_columns()
         k = len(result["boxes"])
-        notes = [s for s in (note, result["note"]) if s]
+        name = upload.get("orig_name") or Path(str(path)).name
+        notes = [s for s in (note, result["note"], example_notes.get(name)) if s]
         if not k:
             text = ("No face found in this photo. The detector (OpenCV's Haar cascade) looks for frontal, upright "
                     "faces of at least 30x30 pixels: try a photo with a face looking at the camera.")
@@ -167,6 +178,10 @@ def build_app(checkpoints: Sequence[Any], *, predictors: Sequence[Any] | None = 
                 face = gr.Radio(choices=[], label="face", elem_id="vitfer-face", interactive=True)
                 gr.Markdown(f"Limits: {MAX_FILE_BYTES // 2**20} MB a file, photos larger than {max_side} px a "
                             f"side are downscaled, at most {max_faces} faces.")
+        gr.Examples(examples=[[str(e.path)] for e in examples], inputs=photo, label="Examples: synthetic faces "
+                    "drawn by vitfer (no photo of a person); click one to run it",
+                    example_labels=[e.label for e in examples], examples_per_page=len(examples),
+                    elem_id="vitfer-examples", cache_examples=False)
         state = gr.State()
         outputs: list[Any] = []
         annotated_images = []
@@ -190,6 +205,7 @@ def build_app(checkpoints: Sequence[Any], *, predictors: Sequence[Any] | None = 
         for im in annotated_images:
             im.select(on_click, inputs=state, outputs=face)
     app.vitfer_predictors = preds  # type: ignore[attr-defined]
+    app.vitfer_examples = examples  # type: ignore[attr-defined]
     app.vitfer_handlers = {"photo": on_photo, "face": on_face, "click": on_click}  # type: ignore[attr-defined]
     return app
 
@@ -207,6 +223,6 @@ def launch(checkpoints: Sequence[Any], *, host: str = "127.0.0.1", port: int | N
     app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
                inbrowser=False, show_error=False, max_file_size=max_file_bytes, ssr_mode=False, mcp_server=False,
                theme=gr.themes.Default(), css=_CSS, footer_links=["settings"],
-               allowed_paths=[], favicon_path=None)
+               allowed_paths=[str(app.vitfer_examples[0].path.parent)], favicon_path=None)
     _logger.info("vitfer demo on %s (%s)", app.local_url, ", ".join(Path(str(c)).name for c in checkpoints))
     return app, str(app.local_url)

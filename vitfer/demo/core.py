@@ -8,11 +8,12 @@
 
 Faces are found once, with the first model's :class:`~vitfer.data.faces.FaceDetector`,
 so that face *k* is the same face in every model's column; each model then classifies the
-faces exactly as :class:`~vitfer.inference.Predictor` does (same crop margin, transform and
-forward), and the attention of each face is computed as the report draws it
-(:func:`vitfer.analysis.attention_heatmaps`: rollout for ViT, the hybrid and ConViT, the class
-tokens' cross-attention for CrossViT, Grad-CAM for the CNNs) and drawn with
-:func:`vitfer.analysis.plot_attention`.
+faces exactly as :class:`~vitfer.inference.Predictor` does (the crop margin the model was
+trained with, ``predictor.margin``; same transform and forward), and the attention of each face
+is computed and drawn as the report does it (:func:`vitfer.analysis.heatmaps`: rollout for ViT,
+the hybrids and ConViT, the class tokens' cross-attention for CrossViT, Grad-CAM for the CNNs at
+the deepest layer whose map is at least 6x6; :func:`vitfer.analysis.plot_attention`: upsampled
+to the face, scaled per face, a colour bar, the layer named, a constant map said and not drawn).
 
 Limits: uploads are capped by :data:`MAX_FILE_BYTES` (Gradio's ``max_file_size``), decoding by
 :data:`vitfer.data.io.MAX_DECODED_BYTES` and Pillow's decompression-bomb limit (an error, not a
@@ -25,7 +26,6 @@ from __future__ import annotations
 import html
 import io
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,10 +42,12 @@ __all__ = [
     "DemoError",
     "analyse",
     "attention_figure",
+    "attention_plot",
     "draw_faces",
     "faces_table",
     "load_models",
     "model_title",
+    "model_titles",
     "read_photo",
 ]
 
@@ -77,8 +79,29 @@ def load_models(checkpoints: Sequence[PathLike], *, device: str = "cpu") -> list
 
 
 def model_title(predictor: Any, checkpoint: PathLike) -> str:
-    """``model name · file name``, the heading of a model's column."""
-    return f"{getattr(predictor.model, 'model_name', type(predictor.model).__name__)} · {Path(checkpoint).name}"
+    """``model name · run folder/file name``, the heading of a model's column (the run folder
+    names a fine-tuned ``model.safetensors``, which every run calls its checkpoint)."""
+    return model_titles([predictor], [checkpoint])[0]
+
+
+def model_titles(predictors: Sequence[Any], checkpoints: Sequence[PathLike]) -> list[str]:
+    """The columns' headings: ``model name · where``, where ``where`` is the checkpoint's file
+    name, with as many parent folders as it takes to tell the checkpoints apart (at least the
+    run folder of a ``model.safetensors``): two runs of one model get two headings."""
+    paths = [Path(c).expanduser().absolute() for c in checkpoints]
+
+    def tail(p: Path, k: int) -> str:
+        return "/".join(p.parts[-k:])
+
+    depth = [2 if p.name == "model.safetensors" and len(p.parts) > 1 else 1 for p in paths]
+    for _ in range(max((len(p.parts) for p in paths), default=1)):
+        names = [tail(p, k) for p, k in zip(paths, depth, strict=True)]
+        clash = {n for n in names if names.count(n) > 1}
+        if not clash:
+            break
+        depth = [k + 1 if n in clash and k < len(p.parts) else k for p, k, n in zip(paths, depth, names, strict=True)]
+    return [f"{getattr(p.model, 'model_name', type(p.model).__name__)} · {tail(c, k)}"
+            for p, c, k in zip(predictors, paths, depth, strict=True)]
 
 
 def read_photo(path: PathLike, *, max_side: int = MAX_SIDE) -> tuple[Image.Image, str | None]:
@@ -160,21 +183,15 @@ def faces_table(records: Sequence[dict[str, Any]], chosen: int | None = None) ->
             "<th>box (x, y, w, h)</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def _display(x: torch.Tensor, pcfg: dict[str, Any]) -> np.ndarray:
-    from vitfer.analysis.report import _display_images
-
-    return _display_images(x, pcfg)
-
-
 def analyse(image: Image.Image, predictors: Sequence[Any], *, max_faces: int = MAX_FACES) -> dict[str, Any]:
     """Find the faces of ``image`` and classify each with every predictor.
 
     Returns ``{"boxes": [[x, y, w, h], ...] (left to right), "note": str | None (more faces than
     max_faces), "models": [{"records", "faces" (k, H, W, 3) model inputs shown in [0, 1],
-    "maps" {name: (k, h, w) in [0, 1]}}, ...]}``; the records are those of ``vitfer predict
-    --detect`` (file and frame None).
+    "heatmaps" [:class:`~vitfer.analysis.Heatmap`, ...] (k faces each), "maps" {title: (k, h, w)
+    in [0, 1]}}, ...]}``; the records are those of ``vitfer predict --detect`` (file and frame None).
     """
-    from vitfer.analysis import attention_heatmaps
+    from vitfer.analysis import display_images, heatmaps
     from vitfer.data import image_to_tensor
     from vitfer.data.faces import crop_face
 
@@ -189,7 +206,7 @@ def analyse(image: Image.Image, predictors: Sequence[Any], *, max_faces: int = M
     out: dict[str, Any] = {"boxes": boxes, "note": note, "models": []}
     for p in predictors:
         if not found:
-            out["models"].append({"records": [], "faces": None, "maps": {}})
+            out["models"].append({"records": [], "faces": None, "heatmaps": [], "maps": {}})
             continue
         crops = [crop_face(image, b, margin=p.margin) for b in found]
         x = torch.stack([p.transform(image_to_tensor(c).float() / 255.0) for c in crops])
@@ -199,32 +216,36 @@ def analyse(image: Image.Image, predictors: Sequence[Any], *, max_faces: int = M
             k = max(range(len(pr)), key=pr.__getitem__)
             records.append({"file": None, "frame": None, "box": box, "label": p.class_names[k],
                             "probabilities": dict(zip(p.class_names, pr, strict=True))})
-        xd = x.to(p.device)
-        maps = {name: m.detach().float().cpu().numpy() for name, m in attention_heatmaps(p.model, xd).items()}
-        out["models"].append({"records": records, "faces": _display(x, p.model.pretrained_cfg), "maps": maps})
+        hms = heatmaps(p.model, x.to(p.device))
+        out["models"].append({"records": records, "faces": display_images(x, p.model.pretrained_cfg),
+                              "heatmaps": hms, "maps": {h.title: h.maps.numpy() for h in hms}})
     return out
 
 
-def attention_figure(model_result: dict[str, Any], face: int, dpi: int = 140) -> Image.Image | None:
-    """The report's attention figure (:func:`vitfer.analysis.plot_attention`) of one face: the
-    model's input on top, each attention map over it below; ``None`` when there is no such face."""
+def attention_plot(model_result: dict[str, Any], face: int) -> Any:
+    """The attention figure of one face as a matplotlib Figure (:func:`vitfer.analysis.plot_attention`,
+    as the report draws it): the model's input on top, each heat map over it below, labelled with
+    its layer and grid, with a colour bar; a map constant over the face says so instead. ``None``
+    when there is no such face."""
     from vitfer.analysis import plot_attention
 
     recs = model_result["records"]
     if not recs or not 0 <= face < len(recs):
         return None
     r = recs[face]
-    maps = {_short(name): m[face:face + 1] for name, m in model_result["maps"].items()}
-    fig = plot_attention(model_result["faces"][face:face + 1], maps,
-                         [f"#{face + 1}: {r['label']} {100 * r['probabilities'][r['label']]:.0f}%"])
+    maps = {h.title: h.subset(slice(face, face + 1)) for h in model_result["heatmaps"]}
+    return plot_attention(model_result["faces"][face:face + 1], maps,
+                          [f"#{face + 1}: {r['label']} {100 * r['probabilities'][r['label']]:.0f}%"])
+
+
+def attention_figure(model_result: dict[str, Any], face: int, dpi: int = 140) -> Image.Image | None:
+    """:func:`attention_plot` of one face as an RGB image (``None`` when there is no such face)."""
+    fig = attention_plot(model_result, face)
+    if fig is None:
+        return None
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
     fig.clf()
     buf.seek(0)
     with Image.open(buf) as im:
         return im.convert("RGB")
-
-
-def _short(name: str) -> str:
-    """A map name short enough for a narrow column's y label."""
-    return re.sub(r"\s*\(.*?\)\s*:?\s*", "\n", name).strip() if len(name) > 24 else name
