@@ -357,7 +357,7 @@ def _where_trained(runs: Sequence[dict[str, Any]]) -> str:
 
 
 def _comparison(runs: Sequence[dict[str, Any]]) -> list[str]:
-    from vitfer.engine.study import STUDY_MODELS, run_table_row, tables_markdown
+    from vitfer.study_tables import STUDY_MODELS, run_table_row, tables_markdown
 
     order = {s: i for i, (s, _) in enumerate(STUDY_MODELS)}
     rows = [run_table_row(r["metrics"], run_dir=str(r["dir"])) for r in runs]
@@ -369,7 +369,8 @@ def _comparison(runs: Sequence[dict[str, Any]]) -> list[str]:
     md = [ln.replace("## ", "### ", 1) for ln in tables_markdown(rows).splitlines()[2:]]
     # the study's tables name the machine in their header; a report of run folders has only the configs
     md = [ln for ln in md if not ln.startswith("Training time:")]
-    md.append("Training time: the training epochs of each run (validation included, test excluded), as measured "
+    md.append("Training time: the training epochs of each run (the optimiser steps: validation and test excluded), "
+              "as measured "
               f"where it ran ({_where_trained(runs)}; the run folders do not record the machine, so compare "
               "times only between runs made on one machine).")
     return ["## Comparison", ""] + md + [""]
