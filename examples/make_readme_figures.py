@@ -7,8 +7,8 @@ CK+48 and JAFFE images may not be shipped, so the figures the README shows are t
 the seven expressions), with the `scratch` recipe's settings for them (AdamW 1e-3, cosine, no
 augmentation) but far fewer faces and steps: a ResNet-18-D (Grad-CAM), the recipe's hybrid
 vit_tiny_r18d_48 (attention rollout, attention distances), a small ConViT (GPSA gating; from
-scratch it stays near chance, see the README) and a 3-fold cross-validation of the ResNet. About
-five minutes on two busy CPU cores. The PNGs are the report's own (it writes a PDF beside each).
+scratch it stays near chance, see the README) and a 3-fold cross-validation of the ResNet. It took
+about 25 minutes on this project's 2-core CPU while other jobs kept it busy (load about 5). The PNGs are the report's own (it writes a PDF beside each).
 """
 from __future__ import annotations
 
