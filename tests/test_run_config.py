@@ -335,3 +335,24 @@ def test_the_readmes_labels_command_trains(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert sum(metrics["split_sizes"].values()) == 28
     assert metrics["config"]["labels"] == str(tmp_path / "faces" / "labels.csv")
+
+
+def test_a_state_recorded_before_configs_were_resolved_still_resumes(tmp_path):
+    """A run interrupted before this change recorded `amp: "auto"` (and no `user_set`) in its
+    state; resuming it is the same run, not "the state of another run"."""
+    from vitfer.weights.io import atomic_save_safetensors, read_checkpoint
+
+    finetune(_tiny(tmp_path, epochs=2, amp="auto"))
+    run = tmp_path / "run"
+    state = json.loads((run / "config.json").read_text())
+    state["status"] = "running"
+    state["config"] = {**state["config"], "amp": "auto"}
+    state["config"].pop("user_set")
+    (run / "config.json").write_text(json.dumps(state))
+    tensors, meta, _ = read_checkpoint(run / STATE_FILE)
+    info = json.loads(meta["vitfer_train_state"])
+    info["config"] = {**info["config"], "amp": "auto"}
+    info["config"].pop("user_set")
+    atomic_save_safetensors(tensors, run / STATE_FILE, {"vitfer_train_state": json.dumps(info)})
+    res = finetune(_tiny(tmp_path, epochs=2, amp="auto"), resume=True)
+    assert [h["epoch"] for h in res["history"]] == [1, 2]

@@ -249,12 +249,12 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
 
 def _check_state_config(out_dir: Path, stored: Optional[dict[str, Any]], cfg: FinetuneConfig) -> None:
     """A state file must be the run's own: one left by another run (of another config) is never
-    continued."""
-    from .runs import config_differences
+    continued. A state recorded before configs were resolved is compared resolved."""
+    from .runs import config_differences, stored_config
 
     if stored is None:
         return
-    diff = [d for d in config_differences(stored, asdict(cfg)) if not d.startswith("epochs:")]
+    diff = [d for d in config_differences(stored_config(stored), asdict(cfg)) if not d.startswith("epochs:")]
     if diff:
         raise RunFolderError(f"{out_dir / STATE_FILE} is the state of another run ({'; '.join(diff)}); it is not "
                              f"continued: start the run again with --overwrite")

@@ -23,11 +23,13 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .config import FinetuneConfig, RunFolderError, config_from_dict, resolve_config
+from .config import FinetuneConfig, RunFolderError, resolve_config
 from .distributed import dist_info
 from .loop import Callback, RunContext, train_and_test
 from .model import apply_freeze, build_model
-from .runs import STATE_FILE, config_differences, default_out_dir, prepare_run_folder, run_status, versions
+from .runs import (
+    STATE_FILE, config_differences, default_out_dir, prepare_run_folder, run_status, stored_config, versions,
+)
 
 __all__ = ["build_dataset", "finetune", "run_or_reuse"]
 
@@ -232,7 +234,7 @@ def _resume_check(cfg: FinetuneConfig) -> tuple[Path, dict[str, Any]]:
     out = Path(cfg.out_dir).expanduser()
     try:
         state = json.loads((out / "config.json").read_text())
-        old = asdict(resolve_config(config_from_dict(state["config"])))
+        old = stored_config(state["config"])
     except FileNotFoundError:
         raise RunFolderError(f"cannot resume {out}: it holds no run (no config.json)") from None
     except (OSError, ValueError, KeyError, TypeError) as e:

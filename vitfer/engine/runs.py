@@ -195,7 +195,7 @@ def run_status(cfg: FinetuneConfig, folder: Union[str, os.PathLike], *, other: s
     folder = Path(folder)
     try:
         state = json.loads((folder / "config.json").read_text())
-        stored = asdict(resolve_config(config_from_dict(state["config"])))
+        stored = stored_config(state["config"])
     except FileNotFoundError:
         return "new"
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -214,6 +214,15 @@ def run_status(cfg: FinetuneConfig, folder: Union[str, os.PathLike], *, other: s
     if state.get("status") == "finished" and (folder / "metrics.json").is_file():
         return "finished"
     return "resume" if (folder / STATE_FILE).is_file() else "restart"
+
+
+def stored_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A config a run recorded (``config.json``, a state file), as the resolved dict a run of today
+    would record: resolved again, so that a run recorded before sizes, lr and precision were
+    resolved compares equal to the same run now."""
+    from dataclasses import asdict
+
+    return asdict(resolve_config(config_from_dict(values)))
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
