@@ -66,7 +66,7 @@ class Progress:
 
 def add_finetune(sub: argparse._SubParsersAction) -> None:
     from vitfer.engine import AMP_MODES, DATASET_KINDS, OPTIMIZERS, SPLIT_KINDS, FinetuneConfig
-    from vitfer.engine.config import HEADS, RECIPES, SCHEDULES
+    from vitfer.engine.config import DISTILL_TYPES, HEADS, RECIPES, SCHEDULES
 
     d = FinetuneConfig.from_recipe("scratch")  # what `vitfer finetune` with no option runs
     p = sub.add_parser(
@@ -131,6 +131,22 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
                    "options given here (--epochs, --batch-size, --lr, ...); it never pretrains itself and never sees "
                    "this run's validation or test images. The scratch recipe pretrains JAFFE runs on CK+48; 'none' "
                    "turns it off")
+    p.add_argument("--distill", nargs="?", const="auto", default=d.distill, metavar="TEACHER",
+                   help="learn from a teacher's predictions as well as the labels (DeiT): TEACHER is a vitfer "
+                   "checkpoint or run folder with the same classes; without TEACHER one is trained first (--teacher, "
+                   "scratch recipe) on exactly this run's training part, in the run folder's teacher/ (resumable, "
+                   "reused while its config holds; it never sees the validation or test images). ViT, ConViT and "
+                   "CrossViT students get a distillation token and head (averaged with the class head at evaluation). "
+                   "'none' turns it off")
+    p.add_argument("--distill-type", default=d.distill_type, choices=DISTILL_TYPES,
+                   help="hard: the teacher's argmax as labels (DeiT); soft: its distribution at --distill-tau")
+    p.add_argument("--distill-alpha", type=float, default=d.distill_alpha,
+                   help="weight of the teacher's term in the loss (the labels' is 1 - alpha)")
+    p.add_argument("--distill-tau", type=float, default=d.distill_tau, help="soft distillation's temperature")
+    p.add_argument("--teacher", default=d.teacher, metavar="MODEL",
+                   help="--distill without TEACHER: the teacher's model, trained with the scratch recipe")
+    p.add_argument("--teacher-epochs", type=positive_int, default=d.teacher_epochs, metavar="N",
+                   help="--distill without TEACHER: the teacher's epochs (default: the scratch recipe's)")
     p.add_argument("--epochs", type=int, default=d.epochs,
                    help="training epochs (with --resume: a larger number extends the run, a finished one too)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimiser step")
@@ -192,7 +208,8 @@ def config_from_args(args: argparse.Namespace) -> "Any":
         pretrained = True if args.pretrained == "hub" else args.pretrained
     given = {k: getattr(args, k) for k in _CONFIG_OPTIONS}
     given.update(data_dir=args.data_dir, out_dir=args.out, pretrained=pretrained,
-                 pretrain=None if args.pretrain in (None, "none") else args.pretrain)
+                 pretrain=None if args.pretrain in (None, "none") else args.pretrain,
+                 distill=None if args.distill in (None, "none") else args.distill)
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     explicit = {{"out": "out_dir"}.get(k, k) for k in explicit_args("finetune", args.argv)} & fields
     chosen = {k: given[k] for k in explicit if k in given}
@@ -219,7 +236,8 @@ _CONFIG_OPTIONS = (
     "model", "dataset", "labels", "subject_pattern", "crop_faces", "split", "fold", "n_folds", "val_size", "img_size",
     "patch_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_steps", "label_smoothing", "mixup",
     "cutmix", "drop_path_rate", "ema", "synthetic_n", "seed", "device", "amp", "overwrite", "momentum", "schedule",
-    "freeze", "head", "face_margin", "grad_checkpointing",
+    "freeze", "head", "face_margin", "grad_checkpointing", "distill_type", "distill_alpha", "distill_tau", "teacher",
+    "teacher_epochs",
 )
 
 

@@ -18,6 +18,11 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 HEADS = ("linear", "mlp", "svm")
 AMP_MODES = ("auto", "none", "bf16")
+#: How a student learns from its teacher (``distill_type``): DeiT's hard labels (the teacher's
+#: argmax) or soft ones (the teacher's distribution at temperature ``distill_tau``).
+DISTILL_TYPES = ("hard", "soft")
+#: Families whose models take a distillation token (``model_overrides["distilled"]``).
+DISTILL_TOKEN_FAMILIES = ("vit", "convit", "crossvit")
 #: Datasets a run can pretrain on first (``pretrain``; a folder dataset needs options of its own).
 PRETRAIN_DATASETS = ("synthetic", "ckplus48", "jaffe", "fer2013")
 AUTO = "auto"
@@ -93,6 +98,13 @@ class FinetuneConfig:
     max_steps: Optional[int] = None  # stop early after this many optimiser steps (smoke tests)
     user_set: tuple[str, ...] = ()  # fields set over the recipe's values (a pretraining stage inherits those it takes)
     exclude_images: tuple[str, ...] = ()  # digests of images this run may not use (another run's val / test)
+    validation: bool = True  # False: the validation part is held out but never looked at (the last epoch is kept)
+    distill: Optional[str] = None  # None: off; "auto": train a teacher first (<run>/teacher); or a checkpoint / run folder
+    distill_type: str = "hard"  # hard (DeiT: the teacher's argmax) | soft (its distribution at temperature distill_tau)
+    distill_alpha: float = 0.5  # weight of the teacher's term in the loss (1 - alpha: the labels')
+    distill_tau: float = 1.0  # soft distillation's temperature
+    teacher: str = "resnet18d"  # distill="auto": the teacher's model, trained with the scratch recipe
+    teacher_epochs: Optional[int] = None  # distill="auto": the teacher's epochs (None: the scratch recipe's)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -154,6 +166,20 @@ class FinetuneConfig:
             raise bad("mlp_hidden", "a tuple of positive ints")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise bad("recipe", "one of " + ", ".join(RECIPES))
+        if self.distill is not None and (not isinstance(self.distill, str) or not self.distill.strip()):
+            raise bad("distill", "None, 'auto' or a teacher checkpoint / run folder")
+        if self.distill_type not in DISTILL_TYPES:
+            raise bad("distill_type", "one of " + ", ".join(DISTILL_TYPES))
+        if isinstance(self.distill_alpha, bool) or not (isinstance(self.distill_alpha, (int, float))
+                                                        and 0.0 <= self.distill_alpha <= 1.0):
+            raise bad("distill_alpha", "in [0, 1]")
+        if isinstance(self.distill_tau, bool) or not (isinstance(self.distill_tau, (int, float))
+                                                      and math.isfinite(self.distill_tau) and self.distill_tau > 0):
+            raise bad("distill_tau", "a positive temperature")
+        if self.teacher_epochs is not None and (not is_int(self.teacher_epochs) or self.teacher_epochs < 1):
+            raise bad("teacher_epochs", "None or an int >= 1")
+        if self.distill is not None and self.head == "svm":
+            raise ValueError("distillation (--distill) trains the model; head 'svm' fits a frozen one: use one of them")
         if self.dataset == "folder" and not (self.data_dir or self.labels):
             raise ValueError("dataset 'folder' needs its folder: data_dir (--data-dir DIR), a folder of class sub-folders "
                              "(or --labels FILE.csv)")
@@ -269,7 +295,10 @@ def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
     - ``lr``: the peak learning rate (:func:`default_lr` of the model's family when None);
     - ``amp``: ``"bf16"`` or ``"none"`` (``"auto"``: bf16 where the device has fast bf16);
     - ``data_dir``: the dataset folder read (``$VITFER_DATA_DIR`` for CK+48 / JAFFE when not given)
-      and ``labels`` as absolute paths.
+      and ``labels`` as absolute paths;
+    - with ``distill``: a teacher path made absolute, and ``model_overrides["distilled"] = True``
+      for the families that take a distillation token (:data:`DISTILL_TOKEN_FAMILIES`) unless the
+      overrides say otherwise.
 
     Resolving a resolved config changes nothing.
     """
@@ -287,9 +316,21 @@ def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
     if not data_dir and cfg.dataset in ("ckplus48", "jaffe"):
         data_dir = os.environ.get("VITFER_DATA_DIR") or None
     absolute = (lambda p: str(Path(p).expanduser().absolute()) if p else p)  # noqa: E731
+    overrides, distill = cfg.model_overrides, cfg.distill
+    if distill is not None:
+        if distill == AUTO:
+            model_spec(cfg.teacher)  # an unknown teacher model is an error now, naming close matches
+        else:
+            if not Path(distill).expanduser().exists():
+                raise ValueError(f"distill: the teacher {distill!r} does not exist (a vitfer checkpoint or run folder, "
+                                 f"or 'auto' to train one first)")
+            distill = absolute(distill)
+        if spec.family in DISTILL_TOKEN_FAMILIES and "distilled" not in overrides:
+            overrides = {**overrides, "distilled": True}  # DeiT: a distillation token and head learn from the teacher
     return replace(
         cfg, img_size=int(img), patch_size=patch, lr=cfg.lr if cfg.lr is not None else default_lr(spec.family),
         amp=resolve_amp(cfg.amp, resolve_device(cfg.device)), data_dir=absolute(data_dir), labels=absolute(cfg.labels),
+        model_overrides=overrides, distill=distill,
     )
 
 

@@ -24,6 +24,7 @@ from vitfer.layers.drop_path import global_batch
 from vitfer.runtime import autocast
 
 from .config import FinetuneConfig, RunFolderError, TrainingError
+from .distill import distillation_loss, student_outputs
 from .distributed import BatchPart, DistInfo, batch_part
 from .ema import ModelEma
 from .metrics import evaluate
@@ -100,6 +101,7 @@ class RunContext:
     out_dir: Path
     resume: bool = False
     callbacks: Sequence["Callback"] = field(default_factory=tuple)
+    teacher: Optional[nn.Module] = None  # distillation (cfg.distill): labels every training batch
 
     def save_best(self, model: nn.Module, **info: Any) -> Path:
         """Write ``model`` as the run's self-describing checkpoint (rank 0 only); returns its path."""
@@ -147,6 +149,9 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
         total = min(total, cfg.max_steps)
     peak_lr = float(cfg.lr)  # resolved: the config holds the run's peak lr
     opt = build_optimizer(cfg, model, peak_lr)
+    teacher = ctx.teacher
+    if teacher is not None and hasattr(model, "set_distilled_training"):
+        model.set_distilled_training(True)  # the training forward returns (class-token, distillation-token) logits
     train_model = dist.wrap(model)
     ema = ModelEma(model, cfg.ema) if cfg.ema else None
     eval_model = ema.module if ema is not None else model  # validated, saved and tested
@@ -187,11 +192,18 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
                                          cutmix=cfg.cutmix, smoothing=cfg.label_smoothing, seed=cfg.seed, step=step,
                                          rows=part.rows)
             with autocast(device, cfg.amp), global_batch(part.start, part.total):
-                logits = train_model(x)
+                out = train_model(x)
+                t_logits = teacher(x) if teacher is not None else None
+            logits, dist_logits = student_outputs(out)
             if cfg.mixup or cfg.cutmix:
                 loss = soft_cross_entropy(logits, target)
             else:
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if t_logits is not None:
+                kd = distillation_loss(dist_logits, t_logits, cfg.distill_type, cfg.distill_tau)
+                loss = (1.0 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+            if dist_logits is not logits:
+                logits = (logits + dist_logits) / 2  # what the model predicts at evaluation
             if not torch.isfinite(loss):
                 kept = f"; the checkpoint and state of epoch {history[-1]['epoch']} in {out_dir} are kept" if history else ""
                 raise TrainingError(

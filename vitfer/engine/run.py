@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .config import FinetuneConfig, RunFolderError, resolve_config
+from .config import AUTO, FinetuneConfig, RunFolderError, resolve_config
 from .distributed import dist_info
 from .loop import Callback, RunContext, train_and_test
 from .model import apply_freeze, build_model
@@ -94,7 +94,8 @@ def finetune(
     train_set = data.subset(split["train"], transform=build_transforms(pcfg, train=True, augment=cfg.augment))
     train_set.seed = cfg.seed
     eval_tf = build_transforms(pcfg, train=False)
-    val_set = data.subset(split["val"], transform=eval_tf) if split["val"] else None
+    # validation=False (a distillation teacher): the validation part is held out but never looked at
+    val_set = data.subset(split["val"], transform=eval_tf) if split["val"] and cfg.validation else None
     test_set = data.subset(split["test"], transform=eval_tf)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -104,11 +105,18 @@ def finetune(
         dist.barrier()
     cfg = replace(cfg, out_dir=str(out_dir))
     pre_cfg = _pretrain_stage(cfg, data, split, out_dir) if cfg.pretrain else None
+    teacher_cfg = None
+    if cfg.distill == AUTO:
+        from .distill import teacher_config
+
+        teacher_cfg = resolve_config(teacher_config(cfg, out_dir))
     if state is None:
         state = {"versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     state.update(config=asdict(cfg), status="running", world_size=dist.world)
     if pre_cfg is not None:
         state["pretrain_config"] = asdict(pre_cfg)
+    if teacher_cfg is not None:
+        state["teacher_config"] = asdict(teacher_cfg)
     state.pop("error", None)
     if dist.is_main:
         atomic_write_text(out_dir / "config.json", json.dumps(state, indent=2))
@@ -121,6 +129,7 @@ def finetune(
         "bf16 autocast" if cfg.amp == "bf16" else "fp32", out_dir,
     )
     pre_info: Optional[dict[str, Any]] = None
+    teacher_meta: Optional[dict[str, Any]] = None
     ctx = RunContext(cfg, model, data, split, train_set, val_set, test_set, dist, out_dir, resume, callbacks)
     try:
         if pre_cfg is not None:
@@ -140,6 +149,8 @@ def finetune(
                          pre["test"]["accuracy"], cfg.dataset)
             load_pretraining(model, cfg, pre_ckpt, pre.get("classes") or [], data.classes).to(device)
             counts = apply_freeze(model, cfg.freeze)
+        if cfg.distill is not None:
+            ctx.teacher, teacher_meta = _teacher_stage(cfg, teacher_cfg, data, split, pcfg, callbacks, device)
         if cfg.head == "svm":
             from .svm import fit_svm_head
 
@@ -170,6 +181,8 @@ def finetune(
     }
     if pre_info is not None:
         result["pretrain"] = pre_info
+    if teacher_meta is not None:
+        result["teacher"] = teacher_meta
     result.update(config=asdict(cfg), versions=state["versions"], params_m=n_params / 1e6,
                   trainable_params_m=counts["trainable"] / 1e6, seconds=time.perf_counter() - t_start)
     if dist.is_main:
@@ -224,6 +237,39 @@ def _pretrain_stage(cfg: FinetuneConfig, data, split: dict[str, list[int]], out_
                         "left out of the pretraining", stage.dataset, len(overlap))
         stage = replace(stage, exclude_images=tuple(overlap), out_dir=str(Path(out_dir) / Path(stage.out_dir).name))
     return stage
+
+
+def _teacher_stage(cfg: FinetuneConfig, teacher_cfg: Optional[FinetuneConfig], data, split, student_pcfg,
+                   callbacks: Sequence[Callback], device):
+    """The run's teacher (:mod:`vitfer.engine.distill`), trained first in ``<run>/teacher`` with
+    ``distill="auto"`` (or reused: finished, or resumed after an interruption), and what the run
+    records of it."""
+    from vitfer.data.runs import split_record
+
+    from .distill import check_teacher_split, load_teacher, teacher_info
+
+    if teacher_cfg is not None:
+        t_dir = Path(teacher_cfg.out_dir)
+        status = run_status(teacher_cfg, t_dir, other="restart")
+        if status == "finished":
+            _logger.info("teacher: reusing the finished %s in %s", teacher_cfg.model, t_dir)
+        else:
+            _logger.info("training the teacher first: %s, %d epochs, on the run's %d training images (run folder %s)%s",
+                         teacher_cfg.model, teacher_cfg.epochs, len(split["train"]), t_dir,
+                         ": resuming" if status == "resume" else "")
+        t_metrics = run_or_reuse(teacher_cfg, callbacks=callbacks, other="restart")
+        check_teacher_split(t_metrics, split_record(data, split), t_dir)
+        source = t_metrics["checkpoint"]
+        meta = teacher_info(t_metrics, teacher_cfg, source)
+    else:
+        source = str(cfg.distill)
+        meta = {"source": source, "model": None, "test_accuracy": None, "config": None}
+    teacher = load_teacher(source, data.classes, student_pcfg, device)
+    meta["model"] = meta.get("model") or teacher.model.model_name
+    _logger.info("distilling from %s (%s%s), %s labels, alpha %.2f%s", meta["model"], source,
+                 f", test accuracy {meta['test_accuracy']:.3f}" if meta.get("test_accuracy") is not None else "",
+                 cfg.distill_type, cfg.distill_alpha, f", tau {cfg.distill_tau:g}" if cfg.distill_type == "soft" else "")
+    return teacher, meta
 
 
 def _resume_check(cfg: FinetuneConfig) -> tuple[Path, dict[str, Any]]:

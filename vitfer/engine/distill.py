@@ -1,0 +1,166 @@
+"""Distillation from a teacher (``FinetuneConfig.distill``, ``vitfer finetune --distill [TEACHER]``).
+
+Small vision transformers trained from scratch on a few hundred faces do not find the task on
+their own; a CNN does. DeiT's answer (Touvron et al., "Training data-efficient image transformers
+& distillation through attention", ICML 2021) is to let the transformer learn from a CNN teacher's
+predictions as well as from the labels: a second prefix token, the distillation token, with its
+own head, is trained on the teacher's labels while the class token's head is trained on the true
+ones, and at evaluation the two heads are averaged. vitfer's ViT, ConViT and CrossViT take such a
+token (``distilled=True``, set by :func:`~vitfer.engine.config.resolve_config` for a distilled
+run); any other student learns from both terms through its one head.
+
+The loss of a batch, with the student's class-token logits ``s``, distillation-token logits ``d``
+(``d = s`` for a model without the token) and the teacher's logits ``t`` on the same (augmented,
+mixed) images::
+
+    (1 - alpha) * CE(s, labels) + alpha * CE(d, argmax t)                        # hard (DeiT)
+    (1 - alpha) * CE(s, labels) + alpha * tau^2 * KL(softmax(t/tau) || softmax(d/tau))  # soft (Hinton)
+
+The teacher is a vitfer checkpoint with the same classes (``distill=PATH``: a file or a run
+folder), or, with ``distill="auto"``, trained first in the run folder's ``teacher/`` (a run folder
+of its own, resumable and reused while its config holds) with the ``scratch`` recipe on exactly the
+run's training part: the same data and split, and its validation part held out but never looked
+at (``validation=False``: the teacher's last epoch is kept), so that the teacher never sees the
+run's validation or test images.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import AUTO, FinetuneConfig
+
+__all__ = ["TEACHER_FOLDER", "TEACHER_DATA_FIELDS", "Teacher", "check_teacher_split", "distillation_loss",
+           "load_teacher", "student_outputs", "teacher_config", "teacher_info"]
+
+_logger = logging.getLogger(__name__)
+
+#: The run folder's sub-folder that holds the teacher trained by ``distill="auto"``.
+TEACHER_FOLDER = "teacher"
+#: The config fields that decide a run's images and split: a teacher trained for the run takes
+#: them all from the run, so that it trains on exactly the run's training part.
+TEACHER_DATA_FIELDS = ("dataset", "data_dir", "labels", "subject_pattern", "crop_faces", "face_margin", "img_size",
+                       "synthetic_n", "seed", "split", "test_size", "val_size", "n_folds", "fold", "exclude_images")
+
+
+def teacher_config(cfg: FinetuneConfig, out_dir: Union[str, Path]) -> FinetuneConfig:
+    """The config of the teacher that ``distill="auto"`` trains for the run ``cfg`` (resolved), in
+    ``out_dir/teacher``: the ``scratch`` recipe for the run's dataset with ``cfg.teacher`` as the
+    model (``cfg.teacher_epochs`` epochs when set), the run's data and split
+    (:data:`TEACHER_DATA_FIELDS`), device and precision, and ``validation=False``."""
+    taken = {k: getattr(cfg, k) for k in TEACHER_DATA_FIELDS}
+    fields: dict[str, Any] = dict(taken, model=cfg.teacher, device=cfg.device, amp=cfg.amp,
+                                  num_workers=cfg.num_workers, validation=False, distill=None, patch_size=AUTO,
+                                  out_dir=str(Path(out_dir) / TEACHER_FOLDER), overwrite=True)
+    if cfg.teacher_epochs is not None:
+        fields["epochs"] = cfg.teacher_epochs
+    if cfg.max_steps is not None:  # a smoke run's teacher is a smoke run too
+        fields["max_steps"] = cfg.max_steps
+    return FinetuneConfig.from_recipe("scratch", **fields)
+
+
+class Teacher(nn.Module):
+    """A trained model that labels the student's batches: frozen, always in eval mode, in the
+    run's precision. The batch it gets is normalised for the student (the student's mean / std
+    and input size); it is brought to the teacher's own normalisation and size first."""
+
+    def __init__(self, model: nn.Module, student_cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        t_cfg = getattr(model, "pretrained_cfg", None) or {}
+
+        def stats(cfg: dict[str, Any], key: str) -> Tensor:
+            return torch.tensor(cfg.get(key, (0.0, 0.0, 0.0) if key == "mean" else (1.0, 1.0, 1.0)),
+                                dtype=torch.float32).view(1, -1, 1, 1)
+
+        s_mean, s_std, t_mean, t_std = (stats(student_cfg, "mean"), stats(student_cfg, "std"), stats(t_cfg, "mean"),
+                                        stats(t_cfg, "std"))
+        self.renorm = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
+        # x_teacher = (x * s_std + s_mean - t_mean) / t_std = x * scale + shift
+        self.register_buffer("scale", s_std / t_std, persistent=False)
+        self.register_buffer("shift", (s_mean - t_mean) / t_std, persistent=False)
+        self.size = tuple(int(v) for v in t_cfg.get("input_size", (3, 0, 0))[-2:])
+
+    def train(self, mode: bool = True) -> "Teacher":  # a teacher never trains (dropout, BatchNorm stay frozen)
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, num_classes), float32, of the student's input batch ``x``."""
+        if self.renorm:
+            x = x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+        if all(self.size) and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        out = self.model(x)
+        if isinstance(out, (tuple, list)):
+            out = (out[0] + out[1]) / 2
+        return out.float()
+
+
+def load_teacher(source: Union[str, Path], classes: Sequence[str], student_cfg: dict[str, Any],
+                 device: Union[str, torch.device] = "cpu") -> Teacher:
+    """The teacher saved at ``source`` (a vitfer checkpoint or run folder) for a run whose classes
+    are ``classes``.
+
+    Raises:
+        ValueError: the checkpoint's classes are not the run's (the message names both).
+    """
+    from vitfer.weights import load
+
+    model = load(source, map_location=device)
+    t_classes = [str(c) for c in (getattr(model, "class_names", None) or [])]
+    want = [str(c) for c in classes]
+    if t_classes != want:
+        shown = ", ".join(t_classes) if t_classes else f"{getattr(model, 'num_classes', '?')} unnamed classes"
+        raise ValueError(f"the teacher {source} predicts {shown}; this run's classes are {', '.join(want)}: a teacher "
+                         f"must have the run's classes in the same order")
+    in_chans = int(getattr(model, "in_chans", 3))
+    s_chans = int((student_cfg.get("input_size") or (3,))[0])
+    if in_chans != s_chans:
+        raise ValueError(f"the teacher {source} takes {in_chans}-channel images; the student takes {s_chans}")
+    return Teacher(model, student_cfg).to(device)
+
+
+def student_outputs(out: Union[Tensor, Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
+    """``(class-token logits, distillation-token logits)`` of a student's training forward: a
+    distilled model in distilled training returns both; any other gives one tensor for both."""
+    if isinstance(out, (tuple, list)):
+        return out[0], out[1]
+    return out, out
+
+
+def distillation_loss(dist_logits: Tensor, teacher_logits: Tensor, kind: str = "hard", tau: float = 1.0) -> Tensor:
+    """The teacher's term of the loss: cross-entropy against the teacher's argmax (``hard``), or
+    ``tau^2 * KL(teacher || student)`` of the two distributions at temperature ``tau`` (``soft``,
+    averaged over the batch)."""
+    d = dist_logits.float()
+    if kind == "hard":
+        return F.cross_entropy(d, teacher_logits.argmax(dim=-1))
+    if kind == "soft":
+        return F.kl_div(F.log_softmax(d / tau, dim=-1), F.log_softmax(teacher_logits.float() / tau, dim=-1),
+                        reduction="batchmean", log_target=True) * (tau * tau)
+    raise ValueError(f"distill_type must be 'hard' or 'soft', got {kind!r}")
+
+
+def check_teacher_split(teacher_metrics: dict[str, Any], split_record: dict[str, Any], teacher_dir: Path) -> None:
+    """The teacher trained for a run must have trained on exactly the run's training part, and
+    held out its validation and test parts: raise ``RuntimeError`` naming the part that differs."""
+    t = (teacher_metrics.get("split_record") or {}).get("indices") or {}
+    for part in ("train", "val", "test"):
+        if list(t.get(part, [])) != list(split_record["indices"].get(part, [])):
+            raise RuntimeError(f"the teacher in {teacher_dir} was trained on another split of the data than this run "
+                               f"(its {part} part differs): delete that folder to train the teacher again")
+
+
+def teacher_info(metrics: dict[str, Any], cfg: Optional[FinetuneConfig], source: str) -> dict[str, Any]:
+    """What a run records of its teacher (``metrics.json``'s ``teacher``)."""
+    test = metrics.get("test") or {}
+    return {"source": source, "model": metrics.get("model"), "out_dir": metrics.get("out_dir"),
+            "checkpoint": metrics.get("checkpoint", source), "test_accuracy": test.get("accuracy"),
+            "seconds": metrics.get("seconds"), "config": asdict(cfg) if cfg is not None else None}
