@@ -1,13 +1,17 @@
-"""What ConViT's GPSA gates learned (vitfer.analysis.gates)."""
+"""What ConViT's GPSA gates learned (vitfer.analysis.gates) and the report's section on them."""
 from __future__ import annotations
 
+import json
 import math
+import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from vitfer.analysis import GATE_ATOL, gpsa_gates, init_gates, plot_gating, spearman
+from vitfer.analysis import GATE_ATOL, gpsa_gates, init_gates, plot_gating, spearman, write_report
+from vitfer.cli import main
 from vitfer.models import create_model
 
 from analysis_helpers import png_variance, tiny
@@ -147,3 +151,60 @@ def test_plot_gating_draws_the_init_level_dashed(tmp_path):
     with pytest.raises(ValueError, match="init must be a gate"):
         plot_gating(g, init=1.5)
 
+
+def test_report_of_a_trained_convit_has_the_gates_section(tiny_runs, tmp_path):
+    import vitfer
+
+    out = tmp_path / "r"
+    res = write_report(tiny_runs[:1], out, samples=1, tsne=False)  # the model comes with the test set here
+    md = res["markdown"].read_text()
+    assert md.count("### GPSA gates: what ConViT learned") == 1
+    convit_part = md[md.index("## convit_tiny"):]
+    model = vitfer.load(tiny_runs[0] / "model.safetensors")
+    g = model.gating_values().detach().double().numpy()  # (2 GPSA layers, 4 heads)
+    rows = re.findall(r"^\| (\d) \| (.+) \| ([\d.]+) \| ([+-][\d.]+) \|$", convit_part, re.M)
+    assert [int(r[0]) for r in rows] == [1, 2]
+    for (_, heads, mean, change), layer in zip(rows, g):
+        assert heads.split(" | ") == [f"{v:.2f}" for v in layer]
+        assert float(mean) == pytest.approx(layer.mean(), abs=5e-4)
+        assert float(change) == pytest.approx(layer.mean() - SIGMOID_1, abs=5e-4)
+    # two epochs at lr 1e-4 barely move a gate (Adam's steps of ~1e-4 on gating_param)
+    assert "**Verdict:** The gates have not moved from their initial 0.731" in convit_part
+    data = json.loads((out / "convit_gpsa_gates.json").read_text())
+    assert res["data"] == [out / "convit_gpsa_gates.json"]
+    np.testing.assert_allclose(data["gates"], g, rtol=0, atol=1e-12)
+    assert data["moved"] is False and data["max_change"] == pytest.approx(np.abs(g - SIGMOID_1).max(), abs=1e-7)
+    fig = out / "convit_gpsa_gating.png"
+    assert fig in res["figures"] and png_variance(fig) > 100.0 and fig.with_suffix(".pdf").is_file()
+    assert "![GPSA gates](convit_gpsa_gating.png)" in convit_part
+
+
+def test_report_gives_the_verdict_of_gates_set_by_hand_from_the_checkpoint_alone(tiny_runs, tmp_path, capsys):
+    """A copy of the ConViT run whose gates fall with depth: the verdict says later layers are less
+    positional, with --no-attention --no-tsne (the gates need only the checkpoint, not the data)."""
+    import vitfer
+
+    run = tmp_path / "falling"
+    shutil.copytree(tiny_runs[0], run, ignore=shutil.ignore_patterns("report*", "r"))
+    model = vitfer.load(run / "model.safetensors")
+    _set_gates(model, np.array([[0.95, 0.9, 0.85, 0.9], [0.3, 0.2, 0.25, 0.15]]))
+    vitfer.save(model, run / "model.safetensors", class_names=model.class_names)
+    out = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(out), "--no-tsne", "--no-attention"]) == 0
+    md = (out / "report.md").read_text()
+    assert "Later GPSA layers are less positional" in md and "as the ConViT paper found" in md
+    assert "| 1 | 0.95 | 0.90 | 0.85 | 0.90 | 0.900 | +0.169 |" in md
+    assert "| 2 | 0.30 | 0.20 | 0.25 | 0.15 | 0.225 | -0.506 |" in md
+    assert (out / "falling_gpsa_gating.png").is_file() and "data: " in capsys.readouterr().out
+    assert json.loads((out / "falling_gpsa_gates.json").read_text())["later_less_positional"] is True
+
+
+
+def test_has_gpsa_gates_reads_the_checkpoint_header(tiny_runs, tmp_path):
+    from vitfer.analysis import has_gpsa_gates
+
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a checkpoint" * 4)
+    assert has_gpsa_gates(tiny_runs[0] / "model.safetensors") is True  # convit_tiny
+    assert has_gpsa_gates(tiny_runs[1] / "model.safetensors") is False  # resnet18d
+    assert has_gpsa_gates(bad) is False and has_gpsa_gates(tmp_path / "missing.safetensors") is False

@@ -20,7 +20,9 @@ from .plots import (
     display_images, plot_attention, plot_attention_distance, plot_confusion, plot_fold_accuracy, plot_gating,
     plot_learning_curves, plot_model_attention, plot_tsne, save_figure, upsample_maps,
 )
-from .report import is_cv_folder, load_cv, load_run, most_confused, run_test_set, run_title, write_report
+from .report import (
+    has_gpsa_gates, is_cv_folder, load_cv, load_run, most_confused, run_test_set, run_title, write_report,
+)
 
 __all__ = [
     "FLAT_RTOL", "MIN_MAP_SIDE", "Heatmap", "attention_distances", "attention_heatmaps", "attention_rollout",
@@ -28,6 +30,6 @@ __all__ = [
     "model_kind", "rollout_map", "extract_features", "tsne", "GATE_ATOL", "POSITIONAL", "GPSAGates", "gpsa_gates",
     "init_gates", "spearman", "display_images", "plot_attention", "plot_attention_distance", "plot_confusion",
     "plot_fold_accuracy", "plot_gating", "plot_learning_curves", "plot_model_attention", "plot_tsne", "save_figure",
-    "upsample_maps", "is_cv_folder", "load_cv", "load_run", "most_confused", "run_test_set",
+    "upsample_maps", "has_gpsa_gates", "is_cv_folder", "load_cv", "load_run", "most_confused", "run_test_set",
     "run_title", "write_report",
 ]
