@@ -23,6 +23,8 @@ def test_report_of_two_runs(tiny_runs, tmp_path):
     md = res["markdown"].read_text()
     assert set(re.findall(r"\]\((.+?\.png)\)", md)) == set(names)  # every figure shown, none missing
     assert "## Comparison" in md and "| Model (ours) |" in md and "convit_tiny" in md and "resnet18d" in md
+    resnet_part = md[md.index("## resnet18d on"):]
+    assert md.count("### GPSA gates: what ConViT learned") == 1 and "GPSA" not in resnet_part  # ConViT's only
     page = res["html"].read_text()
     assert page.count("data:image/png;base64,") == len(names) and "<table>" in page
 
@@ -121,6 +123,7 @@ def test_report_of_a_cross_validation_folder(tiny_cv, tmp_path, capsys):
         assert (out / name).is_file() and png_variance(out / name) > 100 and (out / name).with_suffix(".pdf").is_file()
     pooled = summary["pooled"]["confusion"]
     assert sum(map(sum, pooled)) == 42  # every image tested once, over the folds
+    assert "GPSA" not in md and not list(out.glob("*gpsa*"))  # ViT folds: no gates section, no error
     assert "figures in" in capsys.readouterr().out
 
 

@@ -272,30 +272,52 @@ def plot_model_attention(
     return plot_attention(display_images(x, model.pretrained_cfg), rows, titles, title=title), hms
 
 
-def plot_gating(gating: np.ndarray, title: str = "") -> Any:
-    """ConViT's GPSA gates (layers, heads) as an annotated heat map, and per layer the mean gate
-    with the spread over the heads (1: positional, 0: content)."""
+def plot_gating(gating: np.ndarray, title: str = "", init: Optional[float] = None) -> Any:
+    """ConViT's GPSA gates (layers, heads) as an annotated heat map (left) and as lines (right):
+    one line a head over the GPSA layers and the mean over the heads (1: positional, 0: content).
+
+    ``init``: the gate every head started at (:func:`vitfer.analysis.gpsa_gates` gives it, 0.731
+    for ConViT): drawn dashed on the right, and the heat map's colours then diverge from it (white =
+    unchanged, red = more positional, blue = more by content than at the start)."""
     g = np.asarray(gating, dtype=np.float64)
     if g.ndim != 2 or g.size == 0:
         raise ValueError(f"plot_gating needs (layers, heads) gates, got shape {g.shape}")
+    centred = init is not None and 0.0 < float(init) < 1.0
+    if init is not None and not centred:
+        raise ValueError(f"plot_gating: init must be a gate in (0, 1), got {init}")
     fig = figure(figsize=(11, 4))
     ax_map, ax_line = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
-    im = ax_map.imshow(g, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    if centred:
+        from matplotlib.colors import TwoSlopeNorm
+
+        norm = TwoSlopeNorm(vcenter=float(init), vmin=0.0, vmax=1.0)
+        im = ax_map.imshow(g, cmap="RdBu_r", norm=norm, aspect="auto")
+        dark = np.abs(norm(g) - 0.5) > 0.3
+        map_title = f"gate sigmoid(lambda): white = initial {init:.2f}, red = more positional, blue = more content"
+    else:
+        im = ax_map.imshow(g, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        dark = g <= 0.5
+        map_title = "gating sigmoid(lambda): 1 = positional, 0 = content"
     for i in range(g.shape[0]):
         for j in range(g.shape[1]):
             ax_map.text(j, i, f"{g[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="black" if g[i, j] > 0.5 else "white")
-    ax_map.set(xlabel="head", ylabel="GPSA layer", title="gating sigmoid(lambda): 1 = positional, 0 = content")
+                        color="white" if dark[i, j] else "black")
+    ax_map.set(xlabel="head", ylabel="GPSA layer")
+    ax_map.set_title(map_title, fontsize=9)
     ax_map.set_xticks(range(g.shape[1]))
     ax_map.set_yticks(range(g.shape[0]), [str(i + 1) for i in range(g.shape[0])])
     fig.colorbar(im, ax=ax_map, fraction=0.046, pad=0.04)
     layers = np.arange(1, g.shape[0] + 1)
-    ax_line.plot(layers, g.mean(1), "-o", label="mean over heads")
-    ax_line.fill_between(layers, g.min(1), g.max(1), alpha=0.25, label="min - max over heads")
+    for h in range(g.shape[1]):
+        ax_line.plot(layers, g[:, h], "-", lw=0.9, alpha=0.55, color=f"C{h % 10}",
+                     label=(f"head {h}" if g.shape[1] <= 8 else ("heads" if h == 0 else None)))
+    ax_line.plot(layers, g.mean(1), "-o", color="black", lw=2, label="mean over heads")
+    if init is not None:
+        ax_line.axhline(float(init), ls="--", color="grey", lw=1.2, label=f"initial gate {init:.3f}")
     ax_line.set(xlabel="GPSA layer", ylabel="gate", ylim=(0, 1), title="how positional each layer still is")
     ax_line.set_xticks(layers)
     ax_line.grid(alpha=0.3)
-    ax_line.legend(fontsize=8)
+    ax_line.legend(fontsize=7, ncol=2 if g.shape[1] > 4 else 1)
     _suptitle(fig, title)
     fig.tight_layout()
     return fig

@@ -6,9 +6,12 @@
 
 For every run: learning curves, the confusion matrix (counts and row-normalised), t-SNE of the
 pre-logit test features in 2-D and 3-D, and attention on sample test faces (rollout for ViT and
-the hybrid; rollout, GPSA gating and attention distances for ConViT; the class tokens'
+the hybrid; rollout and attention distances for ConViT; the class tokens'
 cross-attention for CrossViT; Grad-CAM for CNNs, at the deepest layer whose map is at least 6x6
-for the run's input size, and for the hybrid when its token grid is coarser). For several runs
+for the run's input size, and for the hybrid when its token grid is coarser). For ConViT also
+what its GPSA gates learned (:mod:`vitfer.analysis.gates`): a layer x head table, the verdict on
+the ConViT paper's finding (later layers less positional), a figure and the numbers as JSON; it
+needs the checkpoint only, so it is there with ``attention=False`` too. For several runs
 also the learning curves overlaid and a comparison table in the study's format. A
 cross-validation folder (``fold-K/`` and summary.json) is reported pooled, then fold by fold.
 Every figure is titled with the model, dataset, split and test accuracy and written as a PNG and
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 __all__ = ["load_run", "run_test_set", "write_report", "most_confused", "markdown_to_html", "run_title", "load_cv",
-           "is_cv_folder"]
+           "is_cv_folder", "has_gpsa_gates"]
 
 _logger = logging.getLogger(__name__)
 
@@ -140,8 +143,8 @@ def _show(alt: str, name: str) -> list[str]:
 
 def _attention_lines(run: dict[str, Any], model: Any, test_set: Any, classes: list[str], out: Path,
                      figures: list[Path], *, samples: int, device: str, cam_layer: Optional[str]) -> list[str]:
-    from .attention import FLAT_RTOL, attention_distances, gpsa_gating, model_kind
-    from .plots import plot_attention_distance, plot_gating, plot_model_attention
+    from .attention import FLAT_RTOL, attention_distances, model_kind
+    from .plots import plot_attention_distance, plot_model_attention
 
     tag, title = run["tag"], run_title(run)
     kind = model_kind(model)
@@ -179,12 +182,6 @@ def _attention_lines(run: dict[str, Any], model: Any, test_set: Any, classes: li
         lines.append("")
     if fig is not None:
         lines += _show("attention", _fig(fig, out / f"{tag}_attention.png", figures))
-    if kind == "convit":
-        g = gpsa_gating(model).numpy()
-        name = _fig(plot_gating(g, title=title), out / f"{tag}_gpsa_gating.png", figures)
-        means = ", ".join(f"{v:.2f}" for v in g.mean(1))
-        lines += ["### GPSA gating", "", f"Mean gate per GPSA layer (1 = positional, 0 = content): {means}.", ""]
-        lines += _show("GPSA gating", name)
     if kind in ("vit", "convit"):
         d = attention_distances(model, x).numpy()
         n_local = len(getattr(model, "gpsa_layers", []))
@@ -196,9 +193,10 @@ def _attention_lines(run: dict[str, Any], model: Any, test_set: Any, classes: li
     return lines
 
 
-def _run_section(run: dict[str, Any], out: Path, figures: list[Path], *, samples: int, device: str,
-                 data_dir: Optional[str], do_tsne: bool, do_attention: bool,
+def _run_section(run: dict[str, Any], out: Path, figures: list[Path], data: list[Path], *, samples: int,
+                 device: str, data_dir: Optional[str], do_tsne: bool, do_attention: bool,
                  cam_layer: Optional[str] = None) -> list[str]:
+    from .attention import model_kind
     from .features import extract_features, tsne
     from .plots import plot_confusion, plot_learning_curves, plot_tsne
 
@@ -227,9 +225,15 @@ def _run_section(run: dict[str, Any], out: Path, figures: list[Path], *, samples
     if per_class:
         lines += ["Per-class accuracy: " + ", ".join(
             f"{c} {'-' if a is None else f'{100 * a:.0f}%'}" for c, a in per_class.items()) + ".", ""]
-    if not (do_tsne or do_attention):
+    model = None
+    if do_tsne or do_attention:
+        model, test_set = run_test_set(run, data_dir=data_dir, device=device)
+    elif has_gpsa_gates(run["dir"] / "model.safetensors"):
+        import vitfer
+
+        model = vitfer.load(run["dir"] / "model.safetensors", map_location=device)
+    if model is None:
         return lines
-    model, test_set = run_test_set(run, data_dir=data_dir, device=device)
     if do_tsne:
         feats = extract_features(model, test_set, device=device)
         agree = float((feats["predictions"] == feats["labels"]).mean())
@@ -245,7 +249,63 @@ def _run_section(run: dict[str, Any], out: Path, figures: list[Path], *, samples
     if do_attention:
         lines += _attention_lines(run, model, test_set, classes, out, figures, samples=samples, device=device,
                                   cam_layer=cam_layer)
+    if model_kind(model) == "convit" and model.gpsa_layers:
+        lines += _gates_lines(run, model, out, figures, data)
     return lines
+
+
+def has_gpsa_gates(checkpoint: Union[str, os.PathLike]) -> bool:
+    """Whether a safetensors checkpoint holds GPSA gating parameters (a ConViT), read from its
+    header alone (no tensor is loaded); False for a missing file, and (logged) for one that is not
+    safetensors: a report of curves alone does not depend on the checkpoint."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return any(k.endswith("gating_param") for k in f.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        _logger.warning("%s: not a readable safetensors file (%s); no GPSA gates reported", path, e)
+        return False
+
+
+def _gates_lines(run: dict[str, Any], model: Any, out: Path, figures: list[Path], data: list[Path]) -> list[str]:
+    """ConViT: the GPSA gates as a layer x head table, the verdict on the paper's finding, the
+    figure (init level dashed) and the numbers as JSON."""
+    from vitfer.weights.io import atomic_write_text
+
+    from .gates import GATE_ATOL, POSITIONAL, gpsa_gates
+    from .plots import plot_gating
+
+    tag = run["tag"]
+    s = gpsa_gates(model)
+    n_layers, n_heads = s.gates.shape
+    name = _fig(plot_gating(s.gates, title=run_title(run), init=s.init_level), out / f"{tag}_gpsa_gating.png",
+                figures)
+    jpath = out / f"{tag}_gpsa_gates.json"
+    atomic_write_text(jpath, json.dumps(s.to_dict(), indent=1) + "\n")
+    data.append(jpath)
+    lines = ["### GPSA gates: what ConViT learned", "",
+             f"Each head of the {n_layers} GPSA layers mixes positional and content attention with the gate "
+             "sigmoid(gating_param) (1 = by position only, convolution-like; 0 = by content only). Every gate "
+             f"starts at {s.init_level:.3f} (a freshly built model's); the ConViT paper (d'Ascoli et al. 2021) found "
+             "that training leaves the early GPSA layers positional and makes the later ones less positional.", ""]
+    if run["config"].get("pretrained"):
+        lines += ["This run started from pretrained weights: the gates left their initial value during that "
+                  "pretraining as well as during this fine-tuning.", ""]
+    lines += ["| GPSA layer | " + " | ".join(f"head {h}" for h in range(n_heads)) + " | mean | change |",
+              "|---|" + "---:|" * (n_heads + 2)]
+    for i, (row, init) in enumerate(zip(s.gates, s.init)):
+        lines.append(f"| {i + 1} | " + " | ".join(f"{v:.2f}" for v in row)
+                     + f" | {row.mean():.3f} | {row.mean() - init.mean():+.3f} |")
+    lines += ["", f"**Verdict:** {s.verdict}", "",
+              f"Rules: the gates moved if some head changed by more than {GATE_ATOL:g}; the mean gate falls (rises) "
+              f"with depth if its least-squares fit and its last-minus-first layer difference both fall (rise) by more "
+              f"than {GATE_ATOL:g} over the GPSA layers; a layer is positional at a mean gate of at least "
+              f"{POSITIONAL:g}. The numbers: [{jpath.name}]({jpath.name}).", ""]
+    return lines + _show("GPSA gates", name)
 
 
 def _fold_number(path: Path) -> int:
@@ -393,7 +453,8 @@ def write_report(
     summary.json, :mod:`vitfer.engine.cv`), the latter reported pooled (per-fold table, accuracy
     per fold, pooled confusion matrix, the folds' curves) and then fold by fold.
 
-    Returns ``{"markdown": path, "html": path, "figures": [PNG paths]}``; every figure has a PDF
+    Returns ``{"markdown": path, "html": path, "figures": [PNG paths], "data": [JSON paths]}`` (the
+    data: the GPSA gates of each ConViT run, ``TAG_gpsa_gates.json``); every figure has a PDF
     copy beside its PNG and a title naming the model, dataset, split and test accuracy.
     ``data_dir`` overrides the runs' dataset folder (t-SNE and attention need the test images; the
     curves and confusion matrices only the run folder). ``cam_layer`` names the Grad-CAM layer
@@ -418,6 +479,7 @@ def write_report(
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
+    data: list[Path] = []
     lines = ["# vitfer report", "", _contents(units), ""]
     if len(runs) > 1:
         datasets = ", ".join(dict.fromkeys(_dataset_name(r["config"]) for r in runs))
@@ -436,14 +498,14 @@ def write_report(
         if kind == "cv":
             lines += _cv_section(u, out, figures)
         for r in (u["folds"] if kind == "cv" else [u]):
-            lines += _run_section(r, out, figures, samples=samples, device=dev, data_dir=data_dir, do_tsne=tsne,
-                                  do_attention=attention, cam_layer=cam_layer)
+            lines += _run_section(r, out, figures, data, samples=samples, device=dev, data_dir=data_dir,
+                                  do_tsne=tsne, do_attention=attention, cam_layer=cam_layer)
     from vitfer.weights.io import atomic_write_text
 
     md = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", markdown_to_html(md, out))
-    return {"markdown": out / "report.md", "html": out / "report.html", "figures": figures}
+    return {"markdown": out / "report.md", "html": out / "report.html", "figures": figures, "data": data}
 
 
 def _contents(units: Sequence[tuple[str, dict[str, Any]]]) -> str:

@@ -13,12 +13,14 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         "report", help="figures (curves, confusion, t-SNE, attention) and a report of run folders",
         description="Write figures (PNG, and a PDF copy of each) and report.md / report.html for RUN_DIR ...: "
         "learning curves, confusion matrices (counts and row-normalised), t-SNE of the pre-logit test features "
-        "(2-D and 3-D), attention on sample test faces (rollout for ViT and the hybrid; rollout, GPSA gating and "
-        "attention distances for ConViT; class-token cross-attention for CrossViT; Grad-CAM for CNNs, at the "
-        "deepest layer whose map is at least 6x6) and, for several runs, the overlaid curves and a comparison "
-        "table in the study's format. A cross-validation folder (fold-K/ and summary.json) is reported pooled "
-        "and fold by fold. Every figure is titled with model, dataset, split and test accuracy. Needs the plots "
-        "extra: pip install 'vitfer[plots]'.",
+        "(2-D and 3-D), attention on sample test faces (rollout for ViT and the hybrid; rollout and attention "
+        "distances for ConViT; class-token cross-attention for CrossViT; Grad-CAM for CNNs, at the deepest layer "
+        "whose map is at least 6x6), for ConViT what its GPSA gates learned (a layer x head table, a figure, "
+        "TAG_gpsa_gates.json and a verdict on the ConViT paper's finding that later layers become less "
+        "positional; from the checkpoint alone, also with --no-attention) and, for several runs, the overlaid "
+        "curves and a comparison table in the study's format. A cross-validation folder (fold-K/ and "
+        "summary.json) is reported pooled and fold by fold. Every figure is titled with model, dataset, split "
+        "and test accuracy. Needs the plots extra: pip install 'vitfer[plots]'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
@@ -47,5 +49,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(f"{len(res['figures'])} figures in {Path(out)}")
     for f in res["figures"]:
         print(f"  {f}")
+    if res["data"]:
+        print("data: " + ", ".join(str(f) for f in res["data"]))
     print(f"report: {res['markdown']} and {res['html']}")
     return 0
