@@ -123,6 +123,7 @@ def test_a_teacher_takes_the_runs_data_and_split_and_never_validates(tmp_path):
     for k in TEACHER_DATA_FIELDS:
         assert getattr(t, k) == getattr(cfg, k), k
     assert t.validation is False and t.distill is None and t.epochs == 3 and t.model == "resnet18d"
+    assert t.mixup == 0 and t.cutmix == 0  # its last epoch is kept: trained on clean images
     assert Path(t.out_dir) == tmp_path / "run" / "teacher"
 
 

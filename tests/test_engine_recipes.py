@@ -25,7 +25,7 @@ def test_recipes_set_defaults_and_stay_overridable():
     assert FinetuneConfig.from_recipe("scratch").model == FinetuneConfig().model == "vit_tiny_r18d_48"
     with pytest.raises(ValueError, match="did you mean thesis"):
         FinetuneConfig.from_recipe("thesys")
-    assert set(RECIPES) == {"scratch", "thesis", "thesis-resnet", "thesis-svm"}
+    assert set(RECIPES) == {"scratch", "distill", "thesis", "thesis-resnet", "thesis-svm"}
 
 
 def test_cli_recipe_with_override(tmp_path, capsys):
@@ -37,7 +37,9 @@ def test_cli_recipe_with_override(tmp_path, capsys):
                  "--patch-size", "8", "--synthetic-n", "28", "--epochs", "1", "--optimizer", "sgd", "--out",
                  str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())["config"]
-    assert cfg["recipe"] == "scratch" and cfg["optimizer"] == "sgd" and cfg["epochs"] == 1
+    # issue 26: scratch with a plain transformer is the distill recipe (a teacher first, in <run>/teacher)
+    assert cfg["recipe"] == "distill" and cfg["optimizer"] == "sgd" and cfg["epochs"] == 1
+    assert cfg["distill"] == "auto" and (out / "teacher" / "model.safetensors").is_file()
     # the thesis recipe asks for pretrained weights: offline that is one clear error
     rc = main(["finetune", "--recipe", "thesis", "--model", "vit_tiny_patch16_224", "--out", str(tmp_path / "t")])
     assert rc == 2 and "Traceback" not in capsys.readouterr().err

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
+from pathlib import Path
 
 from vitfer.cli import main
 from vitfer.engine.study import (
-    QUICK_MODELS, STUDY_MODELS, STUDY_RESULTS, StudyConfig, format_duration, run_study, study_cells,
+    QUICK_DISTILL_EPOCHS, QUICK_MODELS, QUICK_TEACHER_EPOCHS, STUDY_MODELS, STUDY_RESULTS, StudyConfig,
+    format_duration, run_study, study_cells,
 )
 
 
@@ -25,7 +29,20 @@ def test_default_grid_is_the_studys_and_quick_uses_small_variants(tmp_path):
     quick = study_cells(StudyConfig(out_dir=str(tmp_path), quick=True))
     assert all(c.protocol == "main" for c in quick)  # no subject folds unless asked
     assert [c.cfg.model for c in quick[:7]] == [QUICK_MODELS[s][0] for s, _ in STUDY_MODELS]
-    assert all(c.cfg.recipe == "scratch" and not c.cfg.pretrained and c.cfg.epochs == 5 for c in quick)
+    assert all(not c.cfg.pretrained and c.cfg.pretrain is None for c in quick)
+    cnn = [c for c in quick if c.study_name in ("resnet50d", "vgg16", "vgg19")]
+    assert len(cnn) == 6 and all(c.cfg.recipe == "scratch" and c.cfg.epochs == 5 and c.teacher is None
+                                 and c.cfg.distill is None for c in cnn)
+    # issue 26: the transformer rows learn from one CNN teacher a dataset, trained first on the same
+    # training part (the plain transformers under the distill recipe, with a distillation token)
+    vits = [c for c in quick if c not in cnn]
+    assert len(vits) == 8 and all(c.cfg.epochs == QUICK_DISTILL_EPOCHS and c.teacher is not None for c in vits)
+    for c in vits:
+        assert Path(c.cfg.distill) == tmp_path / c.dataset / "teacher" == Path(c.teacher.out_dir)
+        assert c.teacher.model == "resnet18d" and c.teacher.validation is False
+        assert c.teacher.epochs == QUICK_TEACHER_EPOCHS
+        assert c.cfg.recipe == ("scratch" if c.study_name == "vit_base_resnet50" else "distill")
+    assert len({json.dumps(dataclasses.asdict(c.teacher)) for c in vits if c.dataset == "jaffe"}) == 1
     assert STUDY_RESULTS["ckplus48"]["vit_base_patch16"][0] == 92.04 and STUDY_RESULTS["jaffe"]["vgg19"][0] == 94.29
 
 
@@ -68,6 +85,13 @@ def test_study_quick_cli_on_jaffe(data_root, tmp_path, capsys):
         assert 0 <= float(r["accuracy"]) <= 100 and float(r["params_m"]) > 0
         assert (out / "jaffe" / r["vitfer_model"] / "model.safetensors").is_file()
     assert "study finished" in capsys.readouterr().out
+    # the transformer row learnt from a resnet18d teacher trained first, one epoch as asked
+    teacher = json.loads((out / "jaffe" / "teacher" / "metrics.json").read_text())
+    assert teacher["config"]["epochs"] == 1 and teacher["model"] == "resnet18d"
+    vit = json.loads((out / "jaffe" / "vit_tiny_patch16_224" / "metrics.json").read_text())
+    assert Path(vit["teacher"]["checkpoint"]) == out / "jaffe" / "teacher" / "model.safetensors"
+    assert vit["config"]["model_overrides"]["distilled"] is True
+    assert "Transformer rows on JAFFE: trained from scratch with a teacher" in md
 
 
 def test_table_rows_follow_the_studys_order():

@@ -39,6 +39,7 @@ STUDY_RESULTS: dict[str, dict[str, tuple[float, str, float]]] = {
     },
 }
 _TABLE_NAMES = {"ckplus48": "Table 4.1: CK+48", "jaffe": "Table 4.2: JAFFE"}
+_DATASET_NAMES = {"ckplus48": "CK+48", "jaffe": "JAFFE"}
 
 _VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 _VGG13 = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -120,7 +121,9 @@ def tables_markdown(rows: Sequence[dict[str, Any]], meta: Optional[dict[str, Any
     if meta.get("quick"):
         lines += ["> **Not the study's setting** (`--quick`): small models of the same families trained from "
                   f"scratch (no pretrained weights) with the `{meta.get('recipe')}` recipe at 48 px for "
-                  f"{meta.get('epochs')} epochs, so that a 2-core CPU runs the grid in minutes. The study fine-tuned "
+                  f"{meta.get('epochs')} epochs"
+                  + (f" (the transformers, which learn from a teacher, {meta['distill_epochs']})"
+                     if meta.get("distill_epochs") else "") + ", so that a 2-core CPU runs the grid in minutes. The study fine-tuned "
                   "ImageNet models at 224-384 px for 50 epochs; compare its numbers with a full `vitfer study`.", ""]
     if meta:
         lines += [f"Recipe `{meta.get('recipe')}`, main split `{meta.get('split')}` (the study's: one random split, "
@@ -130,6 +133,11 @@ def tables_markdown(rows: Sequence[dict[str, Any]], meta: Optional[dict[str, Any
                      if meta.get("subject_folds") else "Subject-independent protocol: not run (`--subject-folds 0`; `--quick` leaves it out to keep its time, "
                      "`--subject-folds 3` adds it)."),
                   ""]
+    for dataset, t in (meta.get("teachers") or {}).items():
+        lines += [f"Transformer rows on {_DATASET_NAMES.get(dataset, dataset)}: trained from scratch with a teacher "
+                  f"(DeiT's distillation: a distillation token and head learn the teacher's labels), a {t['model']} "
+                  f"trained first on the same training images without seeing the validation or test images: its "
+                  f"test accuracy {t['accuracy']:.2f}%, trained in {format_duration(t.get('train_time_s'))}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         title = _TABLE_NAMES.get(dataset, dataset)
         lines += [f"## {title}", "",

@@ -84,7 +84,10 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
                    "(the default without --pretrained): vit_tiny_r18d_48 at 48 px, AdamW lr 1e-3, batch 64, 100 "
                    "warm-up steps, bf16 where fast; on the synthetic faces 10,000 of them and 7 epochs; on other "
                    "data 100 epochs, batch 32, label smoothing 0.1, mixup 0.2, CutMix 1.0, drop-path 0.1; on JAFFE "
-                   "the same for 60 epochs at lr 3e-4, on face crops, after pretraining on CK+48. thesis (the study: SGD lr 0.003, batch 10, 50 epochs, ImageNet weights at the "
+                   "the same for 60 epochs at lr 3e-4, on face crops, after pretraining on CK+48. distill (what "
+                   "scratch means for a plain ViT, ConViT or CrossViT, which from scratch learn only from a teacher): "
+                   "a resnet18d teacher trained first on the run's training part, then the transformer with a "
+                   "distillation token on the teacher's hard labels (DeiT), see --distill. thesis (the study: SGD lr 0.003, batch 10, 50 epochs, ImageNet weights at the "
                    "model's size), thesis-resnet (frozen ResNet, 3-layer MLP head, Adam 5e-4), thesis-svm (frozen "
                    "features + linear SVM)")
     p.add_argument("--model", default=d.model, help="registered model name (`vitfer models`), or timm-style NAME.TAG")

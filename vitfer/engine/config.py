@@ -210,6 +210,10 @@ class FinetuneConfig:
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise ValueError(f"unknown recipe {recipe!r}{hint}; recipes: {', '.join(RECIPES)}")
         user_set = tuple(sorted(set(fields) - {"user_set"}))
+        chosen, recipe = recipe, recipe_for(recipe, fields)
+        if recipe != chosen:
+            _logger.info("the %s recipe for %s (a plain transformer, which from scratch learns only from a teacher) is "
+                         "the %s recipe", chosen, fields.get("model"), recipe)
         return cls(recipe=recipe, **{**recipe_values(recipe, fields), "user_set": user_set})
 
     def resolved(self) -> "FinetuneConfig":
@@ -334,6 +338,23 @@ def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
     )
 
 
+def recipe_for(recipe: str, fields: dict[str, Any]) -> str:
+    """The recipe a run of ``fields`` takes when ``recipe`` is asked for: ``scratch`` with one of the
+    plain transformers (ViT, ConViT, CrossViT: :data:`DISTILL_TOKEN_FAMILIES`) as the model is
+    ``distill``, since from scratch on a few hundred faces they learn only from a teacher (the
+    ``scratch`` recipe's own model is a hybrid, a ViT on a convolutional stem, which learns alone)."""
+    model = fields.get("model")
+    if recipe != "scratch" or not model or fields.get("pretrained"):
+        return recipe
+    from vitfer.models.families import model_spec
+
+    try:
+        family = model_spec(model).family
+    except KeyError:  # an unknown model: the config's own check names it
+        return recipe
+    return "distill" if family in DISTILL_TOKEN_FAMILIES else recipe
+
+
 def recipe_values(recipe: str, fields: dict[str, Any]) -> dict[str, Any]:
     """The config fields of ``recipe`` for a run given ``fields``: the recipe's own, then its
     ``datasets`` entry for ``fields["dataset"]`` (the default dataset when absent), then
@@ -371,6 +392,24 @@ RECIPES: dict[str, dict[str, Any]] = {
             "jaffe": {"epochs": 60, "batch_size": 32, "label_smoothing": 0.1, "mixup": 0.2, "cutmix": 1.0,
                       "drop_path_rate": 0.1, "pretrain": "ckplus48", "crop_faces": True, "face_margin": 0.0,
                       "lr": 3e-4},
+        },
+    },
+    # The study's own transformers (ViT, ConViT, CrossViT) without pretrained weights: DeiT's
+    # distillation from a CNN teacher trained first on the run's training part (resnet18d under the
+    # scratch recipe), a distillation token and head, hard labels; 48 px, 6-px patches, AdamW, bf16
+    # where fast (measured: see README "Training transformers from scratch"). `scratch` with one of
+    # these models means this recipe.
+    "distill": {
+        "model": "convit_tiny", "optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.05, "batch_size": 32,
+        "warmup_steps": 100, "schedule": "cosine", "label_smoothing": 0.1, "drop_path_rate": 0.1, "amp": "auto",
+        "distill": "auto", "distill_type": "hard", "distill_alpha": 0.5, "teacher": "resnet18d",
+        "datasets": {
+            "synthetic": {"synthetic_n": 10000, "epochs": 7, "batch_size": 64, "label_smoothing": 0.0,
+                          "drop_path_rate": 0.0,
+                          "augment": {"rotation": 0.0, "translate": 0.0, "brightness": 0.0, "contrast": 0.0}},
+            "default": {"epochs": 40, "mixup": 0.2, "cutmix": 1.0, "teacher_epochs": 30},
+            "jaffe": {"epochs": 60, "mixup": 0.2, "cutmix": 1.0, "teacher_epochs": 30, "pretrain": "ckplus48",
+                      "crop_faces": True, "face_margin": 0.0},
         },
     },
     # The study's transformers and CNNs: SGD lr 0.003, batch 10, 50 epochs, ImageNet weights at the

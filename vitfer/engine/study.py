@@ -39,6 +39,7 @@ from vitfer.study_tables import (  # noqa: F401 - re-exported: the tables' data 
 
 from .config import FinetuneConfig
 from .cv import fold_dir, run_folds
+from .distill import TEACHER_FOLDER, teacher_config
 from .run import run_or_reuse
 from .runs import run_status
 
@@ -49,8 +50,14 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: Epochs of a ``quick`` cell (the ``scratch`` recipe's other settings are kept).
+#: Epochs of a ``quick`` cell of a CNN (the ``scratch`` recipe's other settings are kept).
 QUICK_EPOCHS = 5
+#: Epochs of a ``quick`` cell of a transformer, which learns from a teacher (distillation), and of
+#: that teacher (one a dataset, shared by the transformer rows).
+QUICK_DISTILL_EPOCHS = 25
+QUICK_TEACHER_EPOCHS = 20
+#: The families of the study's CNN rows (the others are transformers, distilled under ``quick``).
+CNN_FAMILIES = ("resnet", "vgg")
 STUDY_DATASETS = ("ckplus48", "jaffe")
 
 
@@ -98,10 +105,17 @@ class StudyCell:
     label: str  # the model as the table names it
     protocol: str
     cfg: FinetuneConfig
+    teacher: Optional[FinetuneConfig] = None  # the teacher to train first (``cfg.distill`` names its folder)
 
     @property
     def out_dir(self) -> Path:
         return Path(self.cfg.out_dir)
+
+
+def model_spec(name: str):
+    from vitfer.models.families import model_spec as spec
+
+    return spec(name)
 
 
 def _resolve_model(name: str) -> tuple[str, str]:
@@ -133,23 +147,35 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
             if cfg.quick and study:
                 model, overrides, label = QUICK_MODELS[study]
             fields = {"seed": cfg.seed, "device": cfg.device, **cfg.extra}
-            if cfg.quick:
+            root = Path(cfg.out_dir).expanduser() / dataset
+            distilled = cfg.quick and model_spec(model).family not in CNN_FAMILIES
+            if cfg.quick and not distilled:
                 # the study's inputs (whole photos, one dataset at a time), and no mixing in so few epochs
                 fields.update(pretrained=False, epochs=QUICK_EPOCHS, pretrain=None, crop_faces=False, mixup=0.0,
                               cutmix=0.0, drop_path_rate=0.0)
+            elif distilled:
+                # transformers from scratch learn from a CNN teacher (DeiT's distillation): one teacher a
+                # dataset, trained first on the same training part, shared by the transformer rows
+                fields.update(pretrained=False, epochs=QUICK_DISTILL_EPOCHS, pretrain=None, crop_faces=False,
+                              distill=str(root / TEACHER_FOLDER), teacher_epochs=QUICK_TEACHER_EPOCHS)
             if cfg.epochs is not None:
                 fields["epochs"] = cfg.epochs
+                if distilled:
+                    fields["teacher_epochs"] = cfg.epochs
             if overrides:
                 fields["model_overrides"] = {**overrides, **fields.get("model_overrides", {})}
             base = FinetuneConfig.from_recipe(
                 cfg.recipe_name, model=model, dataset=dataset, data_dir=cfg.data_dir, split=cfg.split, **fields,
             )
-            root = Path(cfg.out_dir).expanduser() / dataset
+            teacher = teacher_config(base, root) if distilled else None
             stem = model if not overrides else f"{model}-quick"
-            cells.append(StudyCell(dataset, study, label, "main", replace(base, out_dir=str(root / stem))))
+            cells.append(StudyCell(dataset, study, label, "main", replace(base, out_dir=str(root / stem)), teacher))
             if cfg.n_subject_folds:
                 scfg = replace(base, split="subject-kfold", n_folds=cfg.n_subject_folds, fold=0,
                                out_dir=str(root / f"{stem}-subject"))
+                # a fold's teacher is the fold's own (distill="auto": in the fold's folder)
+                if distilled:
+                    scfg = replace(scfg, distill="auto")
                 cells.append(StudyCell(dataset, study, label, "subject", scfg))
     return cells
 
@@ -177,9 +203,22 @@ def run_study(
     out = Path(cfg.out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     results: list[tuple[StudyCell, Optional[dict[str, Any]]]] = []
+    teachers: dict[str, dict[str, Any]] = {}
     for cell in cells:
         if on_cell:
             on_cell(cell, "start", None)
+        if cell.teacher is not None and cell.dataset not in teachers:
+            t_dir = Path(cell.teacher.out_dir)
+            t_res: Optional[dict[str, Any]] = None
+            if train:
+                _logger.info("%s: training the transformers' teacher (%s) first, in %s", cell.dataset,
+                             cell.teacher.model, t_dir)
+                t_res = run_or_reuse(cell.teacher, callbacks=callbacks, other="restart")
+            elif run_status(cell.teacher, t_dir, other="restart") == "finished":
+                t_res = json.loads((t_dir / "metrics.json").read_text())
+            if t_res is not None:
+                teachers[cell.dataset] = {"model": cell.teacher.model, "accuracy": 100 * t_res["test_accuracy"],
+                                          "train_time_s": train_time(t_res), "run_dir": str(t_dir)}
         folds = [(replace(cell.cfg, fold=k, out_dir=str(fold_dir(cell.out_dir, k))), fold_dir(cell.out_dir, k))
                  for k in range(cell.cfg.n_folds)] if cell.protocol == "subject" else [(cell.cfg, cell.out_dir)]
         done = not cfg.overwrite and all(run_status(c, d) == "finished" for c, d in folds)
@@ -198,6 +237,8 @@ def run_study(
             on_cell(cell, "skipped" if done else ("done" if res is not None else "missing"), res)
     rows = study_table_rows(results)
     meta = _meta(cfg)
+    if teachers:
+        meta["teachers"] = teachers
     md, csv_text = tables_markdown(rows, meta), tables_csv(rows)
     atomic_write_text(out / "tables.md", md)
     atomic_write_text(out / "tables.csv", csv_text)
@@ -214,6 +255,7 @@ def _meta(cfg: StudyConfig) -> dict[str, Any]:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     return {"quick": cfg.quick, "recipe": cfg.recipe_name, "split": cfg.split, "subject_folds": cfg.n_subject_folds,
             "epochs": cfg.epochs if cfg.epochs is not None else (QUICK_EPOCHS if cfg.quick else None),
+            "distill_epochs": (cfg.epochs if cfg.epochs is not None else QUICK_DISTILL_EPOCHS) if cfg.quick else None,
             "seed": cfg.seed, "device": name}
 
 
