@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .registry import PretrainedCfg
 
-__all__ = ["VitferModel", "ClassTokenModel", "DistillationMixin", "distilled_classifier", "GLOBAL_POOLS", "build_config", "check_global_pool", "check_output_fmt", "checkpoint_seq"]
+__all__ = ["VitferModel", "ClassTokenModel", "DistillationMixin", "check_distillation_keys", "distilled_classifier", "GLOBAL_POOLS", "build_config", "check_global_pool", "check_output_fmt", "checkpoint_seq"]
 
 
 def checkpoint_seq(blocks: Any, x: Tensor) -> Tensor:
@@ -210,6 +210,28 @@ def distilled_classifier(classifier: Union[str, tuple[str, ...]]) -> tuple[str, 
     return names + tuple(t for t in twins if t not in names)
 
 
+def check_distillation_keys(state_dict: dict[str, Tensor], model: nn.Module, tokens: tuple[str, ...]) -> None:
+    """A checkpoint filter's check that ``state_dict`` has a distillation token (``tokens``, e.g.
+    ``("dist_token",)``) exactly when ``model`` is distilled.
+
+    Raises:
+        ValueError: one side has distillation tokens and the other has not (the message says which).
+    """
+    name = getattr(model, "model_name", "") or type(model).__name__
+    has = [k for k in tokens if k in state_dict]
+    if getattr(model, "distilled", False) and not has and any("cls_token" in k for k in state_dict):
+        raise ValueError(
+            f"the checkpoint has no distillation token ({', '.join(tokens)}) but {name} is built with distilled=True: "
+            f"load a distilled checkpoint (e.g. deit_*_distilled_patch16_224, or a vitfer checkpoint saved from a "
+            f"distilled model), or build the model with distilled=False"
+        )
+    if has and not getattr(model, "distilled", False):
+        raise ValueError(
+            f"the checkpoint has a distillation token ({', '.join(has)}) but {name} is built without one: "
+            f"build it with distilled=True"
+        )
+
+
 class DistillationMixin:
     """DeiT distillation (Touvron et al. 2021, timm's ``VisionTransformerDistilled``): a second
     prefix token, ``dist_token``, with its own classifier ``head_dist``, trained against a teacher's
@@ -238,8 +260,10 @@ class DistillationMixin:
             raise ValueError(f"{name} has no distillation token: build it with distilled=True")
         self.distilled_training = bool(enable)
 
-    def _check_distilled_pool(self, global_pool: Optional[str]) -> None:
-        if global_pool not in (None, "", "token"):
+    def _check_distilled_pool(self, global_pool: Optional[str], building: bool = False) -> None:
+        """A distilled model is built with ``global_pool="token"``; ``reset_classifier`` also takes
+        None and ``""`` (timm), which keep token pooling."""
+        if global_pool not in (("token",) if building else (None, "", "token")):
             name = getattr(self, "model_name", "") or type(self).__name__
             raise ValueError(
                 f"{name} is distilled: its heads read the class and distillation tokens, so global_pool must be "
@@ -283,7 +307,7 @@ class ClassTokenModel(DistillationMixin, VitferModel):
         self.distilled = bool(distilled)
         self.distilled_training = False
         if distilled:
-            self._check_distilled_pool(self.global_pool)
+            self._check_distilled_pool(self.global_pool, building=True)
             self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
         else:
             self.dist_token = None  # a plain attribute: no state-dict entry, a static branch for TorchScript

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.gpsa import GPSA, GPSABlock, attention_distance, grid_distances
-from .base import ClassTokenModel, check_global_pool, check_output_fmt, checkpoint_seq
+from .base import ClassTokenModel, check_distillation_keys, check_global_pool, check_output_fmt, checkpoint_seq
 from .features import feature_take_indices
 from .registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg, create_model, register_family
 
@@ -321,6 +321,7 @@ def checkpoint_filter_fn(
 
     if "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]
+    check_distillation_keys(state_dict, model, ("dist_token",))
     out = {k: v for k, v in state_dict.items() if not k.endswith("rel_indices")}
     pe = out.get("pos_embed")
     if pe is not None and model.pos_embed is not None and pe.shape != model.pos_embed.shape:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..layers import Block, LayerNorm6, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.cross_attention import CrossAttentionBlock
 from ..layers.tracing import is_tracing
-from .base import DistillationMixin, VitferModel, check_global_pool, check_output_fmt
+from .base import DistillationMixin, VitferModel, check_distillation_keys, check_global_pool, check_output_fmt
 from .features import feature_take_indices
 from .registry import PretrainedCfg, create_model, register_family
 
@@ -388,7 +388,7 @@ class CrossViT(DistillationMixin, VitferModel):
         self.distilled = bool(cfg.distilled)
         self.distilled_training = False
         if self.distilled:
-            self._check_distilled_pool(cfg.global_pool)
+            self._check_distilled_pool(cfg.global_pool, building=True)
         self.num_prefix_tokens = P = 2 if self.distilled else 1
 
         self.patch_embed = nn.ModuleList(
@@ -692,6 +692,7 @@ def checkpoint_filter_fn(
     """
     from ..layers.pos_embed import infer_grid_size
 
+    check_distillation_keys(state_dict, model, ("dist_token_0", "dist_token_1"))
     out: dict[str, Tensor] = {}
     for k, v in state_dict.items():
         if "pos_embed" in k or "cls_token" in k:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
-from .base import ClassTokenModel, check_global_pool, check_output_fmt, checkpoint_seq
+from .base import ClassTokenModel, check_distillation_keys, check_global_pool, check_output_fmt, checkpoint_seq
 from .features import feature_take_indices
 from .registry import (
     IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_family,
@@ -204,7 +204,9 @@ def checkpoint_filter_fn(
     model: VisionTransformer,
     grid_sizes: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, Tensor]:
-    """Adapt a timm-layout ViT state dict to ``model``: resample ``pos_embed`` to its grid.
+    """Adapt a timm-layout ViT state dict to ``model``: resample ``pos_embed`` to its grid (its
+    first ``model.num_prefix_tokens`` rows, the class and distillation tokens', kept as they are).
+    A distilled model needs a distilled checkpoint (DeiT's ``dist_token``) and the other way round.
 
     ``grid_sizes["pos_embed"]`` is the checkpoint's own (H, W) patch grid (a vitfer checkpoint's
     metadata gives it, non-square included); without it the grid is inferred (square, or the
@@ -212,6 +214,7 @@ def checkpoint_filter_fn(
     """
     from ..layers.pos_embed import infer_grid_size
 
+    check_distillation_keys(state_dict, model, ("dist_token",))
     out = dict(state_dict)
     pe = out.get("pos_embed")
     if pe is not None and pe.shape != model.pos_embed.shape:
