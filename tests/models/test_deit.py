@@ -365,3 +365,31 @@ def test_distilled_scripts_and_traces():
             eager = m(x)
             assert_close(torch.jit.script(copy.deepcopy(m))(x), eager, 1e-5, f"{fam} scripted")
             assert torch.equal(torch.fx.symbolic_trace(m)(x), eager)
+
+
+@pytest.mark.parametrize("fam", list(FAMILIES))
+def test_distilled_intermediates_features_only_and_checkpointing(fam):
+    """forward_intermediates drops both prefix tokens (maps of the non-distilled model's shapes);
+    features_only gives forward_intermediates' maps; grad checkpointing gives the same gradients
+    in distilled training."""
+    name, kw, size = FAMILIES[fam]
+    m, x = _distilled(fam)
+    m.eval()
+    plain = create_model(name, num_classes=5, **kw).eval()
+    with torch.no_grad():
+        ys = m.forward_intermediates(x, intermediates_only=True)
+        ys_plain = plain.forward_intermediates(x, intermediates_only=True)
+        assert [y.shape for y in ys] == [y.shape for y in ys_plain]
+        feats = create_model(name, num_classes=5, distilled=True, features_only=True, **kw).eval()
+        feats.model.load_state_dict(m.state_dict(), strict=False)
+        for a, b in zip(feats(x), m.forward_intermediates(x, indices=feats.out_indices, intermediates_only=True)):
+            assert_close(a, b, 1e-6, f"{fam} features_only")
+    m.train()
+    ckpt = copy.deepcopy(m)
+    ckpt.set_grad_checkpointing(True)
+    for mod in (m, ckpt):
+        mod.set_distilled_training(True)
+        cls, dist = mod(x)
+        (cls.square().mean() + dist.square().mean()).backward()
+    for (n, a), (_, b) in zip(m.named_parameters(), ckpt.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5), n
