@@ -8,7 +8,10 @@ from torch import Tensor, nn
 
 from .registry import PretrainedCfg
 
-__all__ = ["VitferModel", "ClassTokenModel", "DistillationMixin", "check_distillation_keys", "distilled_classifier", "GLOBAL_POOLS", "build_config", "check_global_pool", "check_output_fmt", "checkpoint_seq"]
+__all__ = [
+    "VitferModel", "ClassTokenModel", "DistillationMixin", "GLOBAL_POOLS", "build_config", "check_distillation_keys",
+    "check_global_pool", "check_output_fmt", "checkpoint_seq", "distilled_classifier",
+]
 
 
 def checkpoint_seq(blocks: Any, x: Tensor) -> Tensor:
@@ -292,9 +295,9 @@ class ClassTokenModel(DistillationMixin, VitferModel):
     ``head`` and token 1 with ``head_dist`` (``global_pool`` is always ``"token"``).
 
     Subclasses own ``patch_embed`` (with ``img_size``), ``cls_token``, ``pos_embed``, ``head``,
-    ``head_drop``, ``embed_dim``, ``global_pool`` and ``num_prefix_tokens``, and call
-    :meth:`_init_distillation` (``dist_token`` after ``pos_embed``, ``head_dist`` after ``head``,
-    timm's state-dict order).
+    ``head_drop``, ``embed_dim``, ``global_pool`` and ``num_prefix_tokens`` (set by
+    :meth:`_init_dist_token`, called right after ``pos_embed`` is made; :meth:`_init_head_dist`
+    right after ``head``: timm's state-dict order).
     """
 
     num_prefix_tokens: int = 1
@@ -349,7 +352,8 @@ class ClassTokenModel(DistillationMixin, VitferModel):
 
     def _forward_head_distilled(self, x: Tensor, pre_logits: bool) -> Tensor:
         """tokens (B, 2 + N, D) -> ``(head(cls) + head_dist(dist)) / 2`` (B, num_classes), or the
-        pair in distilled training; ``pre_logits``: the mean of the two tokens (B, D)."""
+        pair ``(head(cls), head_dist(dist))`` in distilled training (train mode, eager: TorchScript
+        always gets the mean, as timm); ``pre_logits``: the mean of the two tokens (B, D)."""
         x_cls, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
         if pre_logits:
             return (x_cls + x_dist) / 2
