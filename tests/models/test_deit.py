@@ -157,6 +157,11 @@ def test_deit_checkpoint_converts_and_loads(tmp_path):
     assert small.pos_embed.shape == expected.shape == (1, 2 + 4, 192)
     assert_close(small.pos_embed, expected, 1e-6, "resampled pos_embed")
     assert torch.equal(small.pos_embed[:, :2], sd["pos_embed"][:, :2])
+    moved = full.copy()
+    moved.set_input_size(32)  # the same resampling on a built model
+    assert_close(moved.pos_embed, expected, 1e-6, "set_input_size pos_embed")
+    with torch.no_grad():
+        assert_logits_close(moved(x[:, :, :32, :32]), small(x[:, :, :32, :32]), "logits at 32")
 
     # a ViT checkpoint (no distillation token) does not silently initialise a distilled model, and back
     vit_path = tmp_path / "vit.pth"
