@@ -20,6 +20,7 @@ from vitfer.models import create_model
 # name -> (overrides given to both sides, input size)
 FAMILIES = {
     "vit": ("vit_tiny_patch16_224", dict(img_size=32), 32),
+    "deit": ("deit_tiny_distilled_patch16_224", dict(img_size=32), 32),  # two prefix tokens, two heads
     "convit": ("convit_tiny", dict(img_size=32), 32),
     "crossvit": ("crossvit_tiny_240", dict(depth=((1, 1, 0),) * 2), 240),
     "hybrid": ("vit_base_r50_s16_224", dict(img_size=64, depth=2, embed_dim=192, num_heads=3), 64),
@@ -94,7 +95,7 @@ def test_forward_intermediates_match_timm(family):
     fam, ours, ref, x = family
     n = len(ref.feature_info)
     calls = [dict(), dict(indices=2), dict(indices=[0, -1], norm=True), dict(indices=1, stop_early=True)]
-    if fam in ("vit", "convit", "crossvit", "hybrid"):
+    if fam in ("vit", "deit", "convit", "crossvit", "hybrid"):
         calls.append(dict(indices=[1], output_fmt="NLC"))
     with torch.no_grad():
         for kw in calls:
@@ -188,6 +189,15 @@ def test_reset_classifier_and_global_pool_like_timm(family):
         ref.reset_classifier(0, "")
         assert_close(ours(x), ref(x), ATOL, f"{fam} unpooled")
         name, kw, _ = FAMILIES[fam]
+        if fam == "deit":  # timm: the distilled heads read the two tokens; "" keeps that, other pools are refused
+            assert ours(x).shape == (2, ours.num_features)
+            with pytest.raises(AssertionError):
+                timm.create_model(name, num_classes=0, global_pool="", **kw)
+            with pytest.raises(ValueError, match="global_pool must be 'token'"):
+                create_model(name, num_classes=0, global_pool="", **kw)
+            with pytest.raises(ValueError, match="global_pool must be 'token'"):
+                ours.reset_classifier(5, "avg")
+            return
         m = create_model(name, num_classes=0, global_pool="", **kw).eval()
         assert m(x).shape == timm.create_model(name, num_classes=0, global_pool="", **kw).eval()(x).shape
         ours.reset_classifier(5, "avg")
@@ -235,7 +245,7 @@ def test_fx_trace_gives_eager_logits(fam):
         assert torch.equal(g(x), ours(x))
     targets = {getattr(n.target, "__name__", str(n.target)) for n in g.graph.nodes if n.op == "call_function"}
     assert "_assert" in targets  # the input check is part of the graph
-    if fam in ("vit", "hybrid", "crossvit"):
+    if fam in ("vit", "deit", "hybrid", "crossvit"):
         # the attention dispatch is one node that picks SDPA or the hand-written path at run time
         assert "attention" in targets
     if fam == "convit":
@@ -276,7 +286,7 @@ def test_torchscript_gives_eager_logits(fam):
         js(torch.randn(1, 4, size, size))
 
 
-@pytest.mark.parametrize("fam", ["vit", "convit", "crossvit"])
+@pytest.mark.parametrize("fam", ["vit", "deit", "convit", "crossvit"])
 def test_scripted_attention_dispatch_has_both_paths(fam):
     """On the CPU the scripted attention runs the hand-written path (its matmul-softmax-matmul in
     the graph, and no SDPA call executed); the SDPA branch for CUDA tensors is compiled into the

@@ -96,8 +96,9 @@ def attention_rollout(model: nn.Module, x: Tensor, head_fusion: str = "mean", re
         x: (B, C, H, W) images, normalised as the model expects.
 
     Returns:
-        (B, T, T) with T = 1 + N tokens (class token first); every row sums to one. Row 0 says
-        how much each token contributed to the class token that the head reads.
+        (B, T, T) with T = P + N tokens, P = ``model.num_prefix_tokens`` (the class token first,
+        then a distilled model's distillation token); every row sums to one. Row 0 says how much
+        each token contributed to the class token that the head reads.
     """
     kind = model_kind(model)
     if kind not in ("vit", "convit"):
@@ -115,9 +116,10 @@ def attention_rollout(model: nn.Module, x: Tensor, head_fusion: str = "mean", re
     for w in maps:
         w = w.float()
         a = {"mean": w.mean(1), "max": w.amax(1), "min": w.amin(1)}[head_fusion]
-        if a.shape[-1] != T:  # GPSA: patches only; embed with the class token untouched
+        if a.shape[-1] != T:  # GPSA: patches only; embed with the prefix tokens untouched
+            p = T - a.shape[-1]
             full = eye.clone()
-            full[:, 1:, 1:] = a
+            full[:, p:, p:] = a
             a = full
         a = residual * eye + (1.0 - residual) * a
         a = a / a.sum(-1, keepdim=True)
@@ -126,12 +128,17 @@ def attention_rollout(model: nn.Module, x: Tensor, head_fusion: str = "mean", re
 
 
 def rollout_map(model: nn.Module, x: Tensor, **kwargs: Any) -> Tensor:
-    """The class token's row of :func:`attention_rollout` over the patches, as a (B, h, w) grid
-    scaled to [0, 1] per image."""
+    """The class token's row of :func:`attention_rollout` over the patches (the prefix tokens left
+    out), as a (B, h, w) grid scaled to [0, 1] per image."""
     R = attention_rollout(model, x, **kwargs)
-    m = R[:, 0, 1:]
+    m = R[:, 0, _num_prefix(model) :]
     h, w = _token_grid(model, m.shape[-1])
     return _unit(m.reshape(-1, h, w))
+
+
+def _num_prefix(model: nn.Module) -> int:
+    """The tokens before the patches: the class token, and a distilled model's distillation token."""
+    return int(getattr(model, "num_prefix_tokens", 1))
 
 
 def _token_grid(model: nn.Module, n: int) -> tuple[int, int]:
@@ -182,7 +189,8 @@ def attention_distances(model: nn.Module, x: Tensor) -> Tensor:
         maps = model.attention_maps(x)
         n = maps[0].shape[-1] - model.num_prefix_tokens
         dist = grid_distances(n, torch.float32, x.device)
-        out = [attention_distance(w[:, :, 1:, 1:].float(), dist) for w in maps]
+        p = model.num_prefix_tokens
+        out = [attention_distance(w[:, :, p:, p:].float(), dist) for w in maps]
     return torch.stack(out).cpu()
 
 
@@ -387,7 +395,7 @@ def heatmaps(model: nn.Module, x: Tensor, layer: Union[str, nn.Module, None] = N
     kind = model_kind(model)
     if kind in ("vit", "convit"):
         R = attention_rollout(model, x)
-        m = R[:, 0, 1:]
+        m = R[:, 0, _num_prefix(model) :]
         h, w = _token_grid(model, m.shape[-1])
         depth = len(getattr(model, "blocks", []))
         name = "attention rollout" if kind == "vit" else "attention rollout (GPSA + SA)"

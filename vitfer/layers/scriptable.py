@@ -157,6 +157,7 @@ class ScriptMultiScaleBlock(nn.Module):
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
         self.num_branches: int = block.num_branches
+        self.num_prefix_tokens: int = block.num_prefix_tokens
         self.blocks, self.projs = block.blocks, block.projs
         self.fusion, self.revert_projs = block.fusion, block.revert_projs
 
@@ -167,7 +168,7 @@ class ScriptMultiScaleBlock(nn.Module):
         cls_new: List[Tensor] = []
         for d, proj in enumerate(self.projs):
             o = (d + 1) % self.num_branches
-            cls_new.append(torch.cat([proj(outs_b[d][:, 0:1]), outs_b[o][:, 1:]], dim=1))
+            cls_new.append(torch.cat([proj(outs_b[d][:, 0:1]), outs_b[o][:, self.num_prefix_tokens :]], dim=1))
         fused: List[Tensor] = []
         for d, fusion in enumerate(self.fusion):
             fused.append(fusion(cls_new[d]))

@@ -29,7 +29,15 @@ from .registry import (
 )
 from .resnet import ResNet, resnet18d, resnet34d, resnet50d, resnet101d
 from .vgg import VGG, vgg16, vgg19
-from .vit import VisionTransformer, vit_base_patch16_224, vit_small_patch16_224, vit_tiny_patch16_224
+from .vit import (
+    VisionTransformer,
+    deit_base_distilled_patch16_224,
+    deit_small_distilled_patch16_224,
+    deit_tiny_distilled_patch16_224,
+    vit_base_patch16_224,
+    vit_small_patch16_224,
+    vit_tiny_patch16_224,
+)
 from .vit_hybrid import (
     HybridVisionTransformer,
     vit_base_r50_s16_224,
@@ -54,6 +62,9 @@ __all__ = [
     "convit_small",
     "convit_tiny",
     "create_model",
+    "deit_base_distilled_patch16_224",
+    "deit_small_distilled_patch16_224",
+    "deit_tiny_distilled_patch16_224",
     "crossvit_9_240",
     "crossvit_9_dagger_240",
     "crossvit_15_240",

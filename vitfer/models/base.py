@@ -8,7 +8,10 @@ from torch import Tensor, nn
 
 from .registry import PretrainedCfg
 
-__all__ = ["VitferModel", "ClassTokenModel", "GLOBAL_POOLS", "build_config", "check_global_pool", "check_output_fmt", "checkpoint_seq"]
+__all__ = [
+    "VitferModel", "ClassTokenModel", "DistillationMixin", "GLOBAL_POOLS", "build_config", "check_distillation_keys",
+    "check_global_pool", "check_output_fmt", "checkpoint_seq", "distilled_classifier",
+]
 
 
 def checkpoint_seq(blocks: Any, x: Tensor) -> Tensor:
@@ -120,6 +123,8 @@ class VitferModel(nn.Module):
                 d["num_classes"] = int(self.num_classes)
         if input_size is not None:
             d["input_size"] = (self.in_chans, int(input_size[0]), int(input_size[1]))
+        if d.get("classifier") and self.__dict__.get("distilled", False):
+            d["classifier"] = distilled_classifier(d["classifier"])  # both heads are classifiers
         self.pretrained_cfg = d
 
     @property
@@ -198,46 +203,171 @@ def check_global_pool(global_pool: str, allowed: tuple[str, ...] = GLOBAL_POOLS)
     return global_pool
 
 
-class ClassTokenModel(VitferModel):
+def distilled_classifier(classifier: Union[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The classifier names of a distilled model's pretrained config: every ``head...`` name of
+    ``classifier`` and its ``head_dist...`` twin, e.g. ``"head"`` -> ``("head", "head_dist")``,
+    ``("head.0", "head.1")`` -> ``("head.0", "head.1", "head_dist.0", "head_dist.1")`` (timm's
+    DeiT cfgs: ``classifier=("head", "head_dist")``)."""
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    twins = tuple("head_dist" + n[len("head"):] for n in names if n.startswith("head") and not n.startswith("head_dist"))
+    return names + tuple(t for t in twins if t not in names)
+
+
+def check_distillation_keys(state_dict: dict[str, Tensor], model: nn.Module, tokens: tuple[str, ...]) -> None:
+    """A checkpoint filter's check that ``state_dict`` has a distillation token (``tokens``, e.g.
+    ``("dist_token",)``) exactly when ``model`` is distilled.
+
+    Raises:
+        ValueError: one side has distillation tokens and the other has not (the message says which).
+    """
+    name = getattr(model, "model_name", "") or type(model).__name__
+    has = [k for k in tokens if k in state_dict]
+    if getattr(model, "distilled", False) and not has and any("cls_token" in k for k in state_dict):
+        raise ValueError(
+            f"the checkpoint has no distillation token ({', '.join(tokens)}) but {name} is built with distilled=True: "
+            f"load a distilled checkpoint (e.g. deit_*_distilled_patch16_224, or a vitfer checkpoint saved from a "
+            f"distilled model), or build the model with distilled=False"
+        )
+    if has and not getattr(model, "distilled", False):
+        raise ValueError(
+            f"the checkpoint has a distillation token ({', '.join(has)}) but {name} is built without one: "
+            f"build it with distilled=True"
+        )
+
+
+class DistillationMixin:
+    """DeiT distillation (Touvron et al. 2021, timm's ``VisionTransformerDistilled``): a second
+    prefix token, ``dist_token``, with its own classifier ``head_dist``, trained against a teacher's
+    labels.
+
+    ``model.distilled`` says whether the model has them (the config field ``distilled``);
+    ``set_distilled_training(True)`` makes ``forward`` in train mode return the pair
+    ``(cls_logits, dist_logits)`` for the distillation loss; otherwise (eval, or
+    ``distilled_training`` off) the logits are their mean ``(cls_logits + dist_logits) / 2``, and
+    ``forward_head(x, pre_logits=True)`` gives the mean of the two (dropped-out) tokens.
+    ``get_classifier()`` is ``(head, head_dist)`` and ``reset_classifier`` replaces both.
+    """
+
+    distilled: bool
+    distilled_training: bool
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Train-mode ``forward`` returns ``(cls_logits, dist_logits)`` (timm's flag); eval-mode
+        ``forward`` always returns their mean.
+
+        Raises:
+            ValueError: ``enable`` on a model built without a distillation token (``distilled=False``).
+        """
+        if enable and not self.distilled:
+            name = getattr(self, "model_name", "") or type(self).__name__
+            raise ValueError(f"{name} has no distillation token: build it with distilled=True")
+        self.distilled_training = bool(enable)
+
+    def _check_distilled_pool(self, global_pool: Optional[str], building: bool = False) -> None:
+        """A distilled model is built with ``global_pool="token"``; ``reset_classifier`` also takes
+        None and ``""`` (timm), which keep token pooling."""
+        if global_pool not in (("token",) if building else (None, "", "token")):
+            name = getattr(self, "model_name", "") or type(self).__name__
+            raise ValueError(
+                f"{name} is distilled: its heads read the class and distillation tokens, so global_pool must be "
+                f"'token', got {global_pool!r}"
+            )
+
+
+def _fresh_linear(dim: int, num_classes: int, device: Optional[torch.device]) -> nn.Module:
+    """Linear(dim, num_classes) initialised as timm (truncated normal std 0.02, zero bias); Identity for 0."""
+    if num_classes <= 0:
+        return nn.Identity()
+    head = nn.Linear(dim, num_classes, device=device)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+class ClassTokenModel(DistillationMixin, VitferModel):
     """The API shared by the single-stream class-token transformers (ViT, the ViT-R50 hybrid,
     ConViT): ``forward_features`` gives (B, num_prefix_tokens + N, D) tokens, the class token
     first; the head is a Linear on the class token (``global_pool="token"``) or on the mean of the
     patch tokens (``"avg"``), after ``head_drop``.
 
+    Distilled models (``distilled=True``, :class:`DistillationMixin`): the tokens are
+    (cls, dist, patches), ``num_prefix_tokens == 2``, and ``forward_head`` reads token 0 with
+    ``head`` and token 1 with ``head_dist`` (``global_pool`` is always ``"token"``).
+
     Subclasses own ``patch_embed`` (with ``img_size``), ``cls_token``, ``pos_embed``, ``head``,
-    ``head_drop``, ``embed_dim``, ``global_pool`` and ``num_prefix_tokens``.
+    ``head_drop``, ``embed_dim``, ``global_pool`` and ``num_prefix_tokens`` (set by
+    :meth:`_init_dist_token`, called right after ``pos_embed`` is made; :meth:`_init_head_dist`
+    right after ``head``: timm's state-dict order).
     """
 
     num_prefix_tokens: int = 1
     global_pool: str
     embed_dim: int
 
+    def _init_dist_token(self, distilled: bool, dim: int) -> None:
+        """``dist_token`` (1, 1, dim) (zeros: ``init_weights`` draws it) or None; sets ``distilled``,
+        ``distilled_training`` and ``num_prefix_tokens``."""
+        self.distilled = bool(distilled)
+        self.distilled_training = False
+        if distilled:
+            self._check_distilled_pool(self.global_pool, building=True)
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+        else:
+            self.dist_token = None  # a plain attribute: no state-dict entry, a static branch for TorchScript
+        self.num_prefix_tokens = 2 if distilled else 1
+
+    def _init_head_dist(self, dim: int, num_classes: int) -> None:
+        """``head_dist`` (Linear(dim, num_classes), Identity for 0) on distilled models, else None."""
+        if self.distilled:
+            self.head_dist = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        else:
+            self.head_dist = None
+
     @property
     def img_size(self) -> tuple[int, int]:
         return self.patch_embed.img_size
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token", "dist_token"} if self.distilled else {"pos_embed", "cls_token"}
 
-    def get_classifier(self) -> nn.Module:
+    def get_classifier(self) -> Union[nn.Module, tuple[nn.Module, nn.Module]]:
+        """``head``; ``(head, head_dist)`` on a distilled model (timm)."""
+        if self.distilled:
+            return self.head, self.head_dist
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the head by a freshly initialised Linear(D, num_classes) (truncated normal, std
-        0.02, zero bias, as timm); Identity for 0."""
-        if global_pool is not None:
+        0.02, zero bias, as timm); Identity for 0. A distilled model replaces ``head_dist`` too and
+        keeps token pooling (``global_pool`` None, ``""`` or ``"token"``, as timm; else ValueError)."""
+        if self.distilled:
+            self._check_distilled_pool(global_pool)
+        elif global_pool is not None:
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
-        if num_classes > 0:
-            self.head = nn.Linear(self.embed_dim, num_classes, device=self.norm_device())
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-        else:
-            self.head = nn.Identity()
+        device = self.norm_device()
+        self.head = _fresh_linear(self.embed_dim, num_classes, device)
+        if self.distilled:
+            self.head_dist = _fresh_linear(self.embed_dim, num_classes, device)
+
+    def _forward_head_distilled(self, x: Tensor, pre_logits: bool) -> Tensor:
+        """tokens (B, 2 + N, D) -> ``(head(cls) + head_dist(dist)) / 2`` (B, num_classes), or the
+        pair ``(head(cls), head_dist(dist))`` in distilled training (train mode, eager: TorchScript
+        always gets the mean, as timm); ``pre_logits``: the mean of the two tokens (B, D)."""
+        x_cls, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        if pre_logits:
+            return (x_cls + x_dist) / 2
+        x_cls, x_dist = self.head(x_cls), self.head_dist(x_dist)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x_cls, x_dist  # the distillation loss needs both (timm)
+        return (x_cls + x_dist) / 2
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """tokens (B, 1 + N, D) -> logits (B, num_classes), or pooled features (B, D)
-        (``global_pool=""``: every token, (B, 1 + N, num_classes) or (B, 1 + N, D))."""
+        (``global_pool=""``: every token, (B, 1 + N, num_classes) or (B, 1 + N, D)). Distilled
+        models: see :meth:`_forward_head_distilled`."""
+        if self.head_dist is not None:
+            return self._forward_head_distilled(x, pre_logits)
         if self.global_pool == "avg":
             x = x[:, self.num_prefix_tokens :].mean(dim=1)
         elif self.global_pool == "token":

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.gpsa import GPSA, GPSABlock, attention_distance, grid_distances
-from .base import ClassTokenModel, check_global_pool, check_output_fmt, checkpoint_seq
+from .base import ClassTokenModel, check_distillation_keys, check_global_pool, check_output_fmt, checkpoint_seq
 from .features import feature_take_indices
 from .registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg, create_model, register_family
 
@@ -61,6 +61,7 @@ class ConViTConfig:
     locality_strength: float = 1.0
     use_pos_embed: bool = True
     attn_impl: str = "auto"
+    distilled: bool = False  # DeiT distillation token + head (joins with the class token)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -88,6 +89,15 @@ class ConViT(ClassTokenModel):
     """ConViT: patch embedding + position embedding, GPSA blocks, class token, MHSA blocks.
 
     x: (B, C, H, W) -> ``forward_features`` (B, 1 + N, D) -> logits (B, num_classes).
+
+    ``distilled=True`` adds DeiT's distillation token and head (a vitfer choice; timm has no
+    distilled ConViT): ``dist_token`` (1, 1, D) joins together with the class token, just before
+    block ``local_up_to_layer``, as (cls, dist, patches), so the GPSA blocks still see the patches
+    only and ``forward_features`` gives (B, 2 + N, D). Like the class token it gets no position
+    embedding (ConViT's ``pos_embed`` covers the patches only), so a non-distilled ConViT
+    checkpoint fits everything but ``dist_token`` and ``head_dist``. The logits are
+    ``(head(cls) + head_dist(dist)) / 2``, or the pair in distilled training
+    (:class:`~vitfer.models.base.DistillationMixin`).
     """
 
     def __init__(self, cfg: ConViTConfig, name: str = "") -> None:
@@ -102,12 +112,12 @@ class ConViT(ClassTokenModel):
         self.global_pool = cfg.global_pool
         self.local_up_to_layer = cfg.local_up_to_layer
         self.num_heads = cfg.num_heads
-        self.num_prefix_tokens = 1
 
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, dim)
         grid = self.patch_embed.grid_size
         _square_grid(grid, self.patch_embed.img_size, self.patch_embed.patch_size, name)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self._init_dist_token(cfg.distilled, dim)  # num_prefix_tokens: 1, or 2 with dist_token
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
         if cfg.use_pos_embed:
             self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, dim))
@@ -128,6 +138,7 @@ class ConViT(ClassTokenModel):
         self.norm = LayerNorm6(dim)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self._init_head_dist(dim, cfg.num_classes)
         self._token_feature_info(self.patch_embed.patch_size[0])
         self.init_weights()
 
@@ -136,6 +147,8 @@ class ConViT(ClassTokenModel):
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
         self.apply(_init_weights)
         for m in self.modules():
             if isinstance(m, GPSA):
@@ -180,13 +193,18 @@ class ConViT(ClassTokenModel):
         return self.pos_drop(x)
 
     def _add_cls(self, x: Tensor) -> Tensor:
+        """patch tokens (B, N, D) -> (B, P + N, D): the class token (and the distillation token) first."""
         cls = self.cls_token
         if cls is None:  # pruned (prune_intermediate_layers)
             return x
-        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+        dist = self.dist_token
+        if dist is None:
+            return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return torch.cat([cls.expand(x.shape[0], -1, -1), dist.expand(x.shape[0], -1, -1), x], dim=1)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """x: (B, C, H, W) -> normed tokens (B, 1 + N, D) (class token first)."""
+        """x: (B, C, H, W) -> normed tokens (B, P + N, D) (class token first, then the distillation
+        token if distilled; P = ``num_prefix_tokens``)."""
         x = self._embed(x)
         if not torch.jit.is_scripting() and self._checkpointing():
             for u, blk in enumerate(self.blocks):
@@ -238,7 +256,10 @@ class ConViT(ClassTokenModel):
         take, max_index = feature_take_indices(len(self.blocks), indices)
         if max_index < self.local_up_to_layer:
             # the class token would join after the kept blocks: it goes, and a token-pooled head with it
+            # (and the distillation token, which joins with it)
             self.cls_token = None
+            if self.dist_token is not None:
+                self.dist_token = None
             self.num_prefix_tokens = 0
             prune_head = prune_head or self.global_pool == "token"
         return super().prune_intermediate_layers(take, prune_norm, prune_head)
@@ -258,7 +279,7 @@ class ConViT(ClassTokenModel):
         """Attention weights of every block (hand-written path).
 
         GPSA blocks give the mixed weights (B, H, N, N) over the patches; the later blocks
-        (B, H, 1 + N, 1 + N) with the class token first.
+        (B, H, P + N, P + N) with the class token first (and the distillation token second if distilled).
         """
         x = self._embed(x)
         maps = []
@@ -300,6 +321,7 @@ def checkpoint_filter_fn(
 
     if "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]
+    check_distillation_keys(state_dict, model, ("dist_token",))
     out = {k: v for k, v in state_dict.items() if not k.endswith("rel_indices")}
     pe = out.get("pos_embed")
     if pe is not None and model.pos_embed is not None and pe.shape != model.pos_embed.shape:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..layers import Block, LayerNorm6, check_input, resample_abs_pos_embed, to_2tuple
 from ..layers.cross_attention import CrossAttentionBlock
 from ..layers.tracing import is_tracing
-from .base import VitferModel, check_global_pool, check_output_fmt
+from .base import DistillationMixin, VitferModel, check_distillation_keys, check_global_pool, check_output_fmt
 from .features import feature_take_indices
 from .registry import PretrainedCfg, create_model, register_family
 
@@ -82,6 +82,7 @@ class CrossViTConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     attn_impl: str = "auto"
+    distilled: bool = False  # DeiT distillation token + head in each branch
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -231,7 +232,11 @@ class MultiScaleBlock(nn.Module):
     4. ``revert_projs[d]`` (LayerNorm, GELU, Linear D_o -> D_d) maps it back, and branch d's output
        is ``[reverted class token; branch d's patch tokens after step 1]``.
 
-    ``forward(xs)``: [(B, 1 + N_0, D_0), (B, 1 + N_1, D_1)] -> the same shapes.
+    ``forward(xs)``: [(B, P + N_0, D_0), (B, P + N_1, D_1)] -> the same shapes, P =
+    ``num_prefix_tokens``. With P = 2 (distilled CrossViT: class token, distillation token,
+    patches) the distillation tokens take part in step 1 only: the fusion exchanges the class
+    tokens alone (step 3 reads the other branch's patch tokens, without its distillation token)
+    and step 4 keeps branch d's own distillation token and patches.
     """
 
     def __init__(
@@ -245,9 +250,11 @@ class MultiScaleBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: Optional[list[float]] = None,
         attn_impl: str = "auto",
+        num_prefix_tokens: int = 1,
     ) -> None:
         super().__init__()
         nb = len(dim)
+        self.num_prefix_tokens = int(num_prefix_tokens)
         if nb != 2 or len(depth) != 3 or len(num_heads) != 2:
             raise ValueError(f"CrossViT has two branches: got dim {dim}, depth {depth}, num_heads {num_heads}")
         if min(depth[:2]) < 1:
@@ -299,9 +306,9 @@ class MultiScaleBlock(nn.Module):
         """xs: per-branch tokens -> per-branch tokens.
 
         With ``return_attention`` also returns ``(self_maps, cross_maps)``: ``self_maps[d]`` lists
-        the (B, H_d, 1 + N_d, 1 + N_d) weights of branch d's blocks, ``cross_maps[d]`` the
-        (B, H_o, 1, 1 + N_o) weights of ``fusion[d]`` (branch d's class token over branch o's tokens),
-        one per fusion block.
+        the (B, H_d, P + N_d, P + N_d) weights of branch d's blocks, ``cross_maps[d]`` the
+        (B, H_o, 1, 1 + N_o) weights of ``fusion[d]`` (branch d's class token over itself and branch
+        o's patch tokens), one per fusion block.
         """
         self_maps: list[list[Tensor]] = [[] for _ in range(self.num_branches)]
         cross_maps: list[list[Tensor]] = [[] for _ in range(self.num_branches)]
@@ -319,7 +326,7 @@ class MultiScaleBlock(nn.Module):
         for d in range(self.num_branches):
             o = (d + 1) % self.num_branches
             cls = self.projs[d](outs_b[d][:, :1])
-            tmp = torch.cat([cls, outs_b[o][:, 1:]], dim=1)
+            tmp = torch.cat([cls, outs_b[o][:, self.num_prefix_tokens :]], dim=1)
             fusion = self.fusion[d]
             for blk in fusion if isinstance(fusion, nn.Sequential) else (fusion,):
                 if return_attention:
@@ -334,13 +341,24 @@ class MultiScaleBlock(nn.Module):
         return outs
 
 
-class CrossViT(VitferModel):
+class CrossViT(DistillationMixin, VitferModel):
     """CrossViT: two patch scales, class-token cross-attention between them, averaged heads.
 
     x: (B, C, H, W), any H, W (resized per branch, see the module docstring)
     -> ``forward_features``: [normed tokens (B, 1 + N_0, D_0), (B, 1 + N_1, D_1)]
     -> ``forward_head``: logits (B, num_classes), the mean of the two heads' logits, or with
     ``pre_logits=True`` the concatenated pooled tokens (B, D_0 + D_1).
+
+    ``distilled=True`` adds DeiT's distillation (a vitfer choice; timm has no distilled CrossViT):
+    each branch i gets its own ``dist_token_i`` (1, 1, D_i), placed after its class token
+    ((cls, dist, patches), ``num_prefix_tokens == 2``, ``pos_embed_i`` (1, 2 + N_i, D_i) covering
+    both, as DeiT's ViT), and its own ``head_dist[i]`` (a ModuleList, like ``head``). The
+    distillation tokens take part in their branch's self-attention blocks; the cross-attention
+    fusion exchanges the class tokens only, as without distillation (see :class:`MultiScaleBlock`).
+    The class logits are the mean of ``head[i](cls_i)`` over the branches, the distillation logits
+    the mean of ``head_dist[i](dist_i)``; ``forward`` gives ``(cls_logits + dist_logits) / 2``, or
+    the pair in distilled training (:class:`~vitfer.models.base.DistillationMixin`), and
+    ``pre_logits`` the per-branch means ``(cls_i + dist_i) / 2`` concatenated (B, D_0 + D_1).
     """
 
     def __init__(self, cfg: CrossViTConfig, name: str = "") -> None:
@@ -367,16 +385,27 @@ class CrossViT(VitferModel):
         self.crop_scale = cfg.crop_scale
         self.img_size = to_2tuple(cfg.img_size)
         self.img_size_scaled = self._scaled_sizes(self.img_size)
+        self.distilled = bool(cfg.distilled)
+        self.distilled_training = False
+        if self.distilled:
+            self._check_distilled_pool(cfg.global_pool, building=True)
+        self.num_prefix_tokens = P = 2 if self.distilled else 1
 
         self.patch_embed = nn.ModuleList(
             CrossViTPatchEmbed(s, p, cfg.in_chans, d, cfg.multi_conv)
             for s, p, d in zip(self.img_size_scaled, cfg.patch_size, self.embed_dim)
         )
         n0, n1 = (pe.num_patches for pe in self.patch_embed)
-        self.pos_embed_0 = nn.Parameter(torch.zeros(1, 1 + n0, self.embed_dim[0]))
+        self.pos_embed_0 = nn.Parameter(torch.zeros(1, P + n0, self.embed_dim[0]))
         self.cls_token_0 = nn.Parameter(torch.zeros(1, 1, self.embed_dim[0]))
-        self.pos_embed_1 = nn.Parameter(torch.zeros(1, 1 + n1, self.embed_dim[1]))
+        self.pos_embed_1 = nn.Parameter(torch.zeros(1, P + n1, self.embed_dim[1]))
         self.cls_token_1 = nn.Parameter(torch.zeros(1, 1, self.embed_dim[1]))
+        if self.distilled:
+            self.dist_token_0 = nn.Parameter(torch.zeros(1, 1, self.embed_dim[0]))
+            self.dist_token_1 = nn.Parameter(torch.zeros(1, 1, self.embed_dim[1]))
+        else:  # plain attributes: no state-dict entries, a static branch for TorchScript
+            self.dist_token_0 = None
+            self.dist_token_1 = None
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
 
         # stochastic depth: linear over sum(branch-1 depth + fusion depth), sliced per stage (timm)
@@ -389,7 +418,7 @@ class CrossViT(VitferModel):
                 MultiScaleBlock(
                     self.embed_dim, tuple(c), tuple(cfg.num_heads), tuple(cfg.mlp_ratio), qkv_bias=cfg.qkv_bias,
                     proj_drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate, drop_path=dpr[ptr : ptr + cur],
-                    attn_impl=cfg.attn_impl,
+                    attn_impl=cfg.attn_impl, num_prefix_tokens=P,
                 )
             )
             ptr += cur
@@ -397,6 +426,7 @@ class CrossViT(VitferModel):
         self.norm = nn.ModuleList(LayerNorm6(d) for d in self.embed_dim)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = self._make_heads(cfg.num_classes)
+        self.head_dist = self._make_heads(cfg.num_classes) if self.distilled else None
         # one tap per branch and multi-scale block, branch-major (timm): index b * depth + i is
         # branch b's patch tokens after block i
         self.num_feature_blocks = len(self.blocks)
@@ -420,24 +450,42 @@ class CrossViT(VitferModel):
     def init_weights(self) -> None:
         for p in (self.pos_embed_0, self.cls_token_0, self.pos_embed_1, self.cls_token_1):
             nn.init.trunc_normal_(p, std=0.02)
+        for p in (self.dist_token_0, self.dist_token_1):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
         self.apply(_init_weights)
 
     # -- API ---------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
-        return {"cls_token_0", "cls_token_1", "pos_embed_0", "pos_embed_1"}
+        out = {"cls_token_0", "cls_token_1", "pos_embed_0", "pos_embed_1"}
+        return out | {"dist_token_0", "dist_token_1"} if self.distilled else out
 
-    def get_classifier(self) -> nn.ModuleList:
-        """The two heads (``head.0`` on branch 0, ``head.1`` on branch 1)."""
+    def get_classifier(self) -> Union[nn.ModuleList, tuple[nn.ModuleList, nn.ModuleList]]:
+        """The two heads (``head.0`` on branch 0, ``head.1`` on branch 1); distilled:
+        ``(head, head_dist)``."""
+        if self.distilled:
+            return self.head, self.head_dist
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace both heads by freshly initialised Linear(D_i, num_classes) (Identity for 0)."""
-        if global_pool is not None:
+        """Replace both heads (and both ``head_dist`` if distilled) by freshly initialised
+        Linear(D_i, num_classes) (Identity for 0)."""
+        if self.distilled:
+            if global_pool not in (None, "token"):
+                raise ValueError(
+                    f"{self.model_name or 'CrossViT'} is distilled: its heads read the class and distillation "
+                    f"tokens, so global_pool must be 'token', got {global_pool!r}"
+                )
+        elif global_pool is not None:
             self.global_pool = check_global_pool(global_pool, _POOLS)
         self.num_classes = num_classes
         self.head = self._make_heads(num_classes, self.cls_token_0.device)
         self.head.apply(_init_weights)
         self.head.train(self.training)
+        if self.distilled:
+            self.head_dist = self._make_heads(num_classes, self.cls_token_0.device)
+            self.head_dist.apply(_init_weights)
+            self.head_dist.train(self.training)
 
     @torch.no_grad()
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
@@ -452,7 +500,7 @@ class CrossViT(VitferModel):
             pe.set_input_size(s)
             name = f"pos_embed_{i}"
             p = getattr(self, name)
-            new = resample_abs_pos_embed(p.data, pe.grid_size, old[i], 1)
+            new = resample_abs_pos_embed(p.data, pe.grid_size, old[i], self.num_prefix_tokens)
             setattr(self, name, nn.Parameter(new, requires_grad=p.requires_grad))
         self.img_size = img_size
         self.img_size_scaled = scaled
@@ -461,14 +509,19 @@ class CrossViT(VitferModel):
 
     # -- forward -----------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> list[Tensor]:
-        """x: (B, C, H, W) -> [(B, 1 + N_0, D_0), (B, 1 + N_1, D_1)] with class token and positions."""
+        """x: (B, C, H, W) -> [(B, P + N_0, D_0), (B, P + N_1, D_1)] with class token (and
+        distillation token), and positions."""
         check_input(x, self.in_chans, None, (self.model_name if len(self.model_name) > 0 else "CrossViT"))
         B = x.shape[0]
         xs = []
         for i, pe in enumerate(self.patch_embed):
             t = pe(scale_image(x, self.img_size_scaled[i], self.crop_scale))
             cls, pos = (self.cls_token_0, self.pos_embed_0) if i == 0 else (self.cls_token_1, self.pos_embed_1)
-            xs.append(self.pos_drop(torch.cat([cls.expand(B, -1, -1), t], dim=1) + pos))
+            dist = self.dist_token_0 if i == 0 else self.dist_token_1
+            if dist is None:
+                xs.append(self.pos_drop(torch.cat([cls.expand(B, -1, -1), t], dim=1) + pos))
+            else:
+                xs.append(self.pos_drop(torch.cat([cls.expand(B, -1, -1), dist.expand(B, -1, -1), t], dim=1) + pos))
         return xs
 
     def _run_blocks(self, xs: list[Tensor]) -> list[Tensor]:
@@ -489,7 +542,7 @@ class CrossViT(VitferModel):
         return blk(xs)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        """x: (B, C, H, W) -> per-branch normed tokens [(B, 1 + N_0, D_0), (B, 1 + N_1, D_1)]."""
+        """x: (B, C, H, W) -> per-branch normed tokens [(B, P + N_0, D_0), (B, P + N_1, D_1)]."""
         xs = self._run_blocks(self._embed(x))
         out: list[Tensor] = []
         for i, norm in enumerate(self.norm):
@@ -523,7 +576,7 @@ class CrossViT(VitferModel):
             xs = self._run_block(blk, xs)
             for b, norm_layer in enumerate(self.norm):
                 if b * nb + i in take:
-                    per_branch[b].append((norm_layer(xs[b]) if norm else xs[b])[:, 1:])
+                    per_branch[b].append((norm_layer(xs[b]) if norm else xs[b])[:, self.num_prefix_tokens :])
         ys: list[Tensor] = []
         for pe, feats in zip(self.patch_embed, per_branch):
             if output_fmt == "NCHW":
@@ -548,9 +601,37 @@ class CrossViT(VitferModel):
             self.reset_classifier(0)
         return take
 
+    def _forward_head_distilled(self, xs: list[Tensor], pre_logits: bool) -> Tensor:
+        """per-branch tokens -> ``(cls_logits + dist_logits) / 2``, each the mean over the branches
+        (the pair in distilled training); ``pre_logits`` (or no classes): the per-branch means of
+        the class and distillation tokens, concatenated (B, D_0 + D_1)."""
+        cls: list[Tensor] = []
+        dist: list[Tensor] = []
+        for t in xs:
+            cls.append(self.head_drop(t[:, 0]))
+            dist.append(self.head_drop(t[:, 1]))
+        if pre_logits or isinstance(self.head[0], nn.Identity):
+            pooled: list[Tensor] = []
+            for i in range(len(cls)):
+                pooled.append((cls[i] + dist[i]) / 2)
+            return torch.cat(pooled, dim=1)
+        logits: list[Tensor] = []
+        for i, head in enumerate(self.head):
+            logits.append(head(cls[i]))
+        logits_dist: list[Tensor] = []
+        for i, head in enumerate(self.head_dist):
+            logits_dist.append(head(dist[i]))
+        x_cls, x_dist = torch.stack(logits, dim=0).mean(dim=0), torch.stack(logits_dist, dim=0).mean(dim=0)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x_cls, x_dist
+        return (x_cls + x_dist) / 2
+
     def forward_head(self, xs: list[Tensor], pre_logits: bool = False) -> Tensor:
         """per-branch tokens -> mean of the two heads' logits (B, num_classes), or with
-        ``pre_logits`` (or no classes) the pooled tokens concatenated (B, D_0 + D_1)."""
+        ``pre_logits`` (or no classes) the pooled tokens concatenated (B, D_0 + D_1).
+        Distilled: see :meth:`_forward_head_distilled`."""
+        if self.head_dist is not None:
+            return self._forward_head_distilled(xs, pre_logits)
         pooled: list[Tensor] = []
         for t in xs:
             pooled.append(self.head_drop(t[:, 1:].mean(dim=1) if self.global_pool == "avg" else t[:, 0]))
@@ -565,14 +646,15 @@ class CrossViT(VitferModel):
         """x: (B, C, H, W) -> logits (B, num_classes) (features (B, D_0 + D_1) if num_classes=0).
 
         Same result as ``forward_head(forward_features(x))``; with token pooling only the class
-        tokens go through the final norms (LayerNorm acts on each token separately).
+        tokens (and distillation tokens) go through the final norms (LayerNorm acts on each token
+        separately).
         """
         if self.global_pool != "token":
             return self.forward_head(self.forward_features(x))
         xs = self._run_blocks(self._embed(x))
         cls: list[Tensor] = []
         for i, norm in enumerate(self.norm):
-            cls.append(norm(xs[i][:, :1]))
+            cls.append(norm(xs[i][:, : self.num_prefix_tokens]))
         return self.forward_head(cls)
 
     def attention_maps(self, x: Tensor) -> list[dict[str, list[Tensor]]]:
@@ -580,12 +662,12 @@ class CrossViT(VitferModel):
 
         Returns ``maps`` with ``maps[d]`` for branch d (0: small patches, 1: large patches):
 
-        * ``maps[d]["self"]``: the (B, H_d, 1 + N_d, 1 + N_d) self-attention weights of each of
+        * ``maps[d]["self"]``: the (B, H_d, P + N_d, P + N_d) self-attention weights of each of
           branch d's transformer blocks, in order (all multi-scale blocks, e.g. 3 for branch 0
           and 12 for branch 1 of crossvit_base_240);
         * ``maps[d]["cross"]``: per multi-scale block, the (B, H_o, 1, 1 + N_o) weights with which
           branch d's class token (projected) attends to the other branch o's tokens
-          ``[itself; patches of o]`` in ``fusion[d]``.
+          ``[itself; patches of o]`` in ``fusion[d]`` (never a distillation token).
         """
         xs = self._embed(x)
         maps: list[dict[str, list[Tensor]]] = [{"self": [], "cross": []} for _ in range(self.num_branches)]
@@ -610,6 +692,7 @@ def checkpoint_filter_fn(
     """
     from ..layers.pos_embed import infer_grid_size
 
+    check_distillation_keys(state_dict, model, ("dist_token_0", "dist_token_1"))
     out: dict[str, Tensor] = {}
     for k, v in state_dict.items():
         if "pos_embed" in k or "cls_token" in k:
@@ -622,10 +705,10 @@ def checkpoint_filter_fn(
         if p is None or p.shape == target.shape or p.ndim != 3 or p.shape[-1] != target.shape[-1]:
             continue
         try:
-            old = infer_grid_size(p.shape[1] - 1, (grid_sizes or {}).get(key), pe.grid_size)
+            old = infer_grid_size(p.shape[1] - model.num_prefix_tokens, (grid_sizes or {}).get(key), pe.grid_size)
         except ValueError as e:
             raise ValueError(f"{key}: {e}") from e
-        out[key] = resample_abs_pos_embed(p, pe.grid_size, old, 1)
+        out[key] = resample_abs_pos_embed(p, pe.grid_size, old, model.num_prefix_tokens)
     return out
 
 

@@ -11,15 +11,20 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, check_input, resample_abs_pos_embed, to_2tuple
-from .base import ClassTokenModel, check_global_pool, check_output_fmt, checkpoint_seq
+from .base import ClassTokenModel, check_distillation_keys, check_global_pool, check_output_fmt, checkpoint_seq
 from .features import feature_take_indices
-from .registry import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_family
+from .registry import (
+    IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg, create_model, register_family,
+)
 
 __all__ = [
     "VIT_VARIANTS",
     "ViTConfig",
     "VisionTransformer",
     "checkpoint_filter_fn",
+    "deit_base_distilled_patch16_224",
+    "deit_small_distilled_patch16_224",
+    "deit_tiny_distilled_patch16_224",
     "init_weights_vit",
     "vit_base_patch16_224",
     "vit_small_patch16_224",
@@ -45,6 +50,7 @@ class ViTConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     attn_impl: str = "auto"
+    distilled: bool = False  # DeiT: a distillation token and head (timm's VisionTransformerDistilled)
 
 
 def init_weights_vit(module: nn.Module) -> None:
@@ -59,6 +65,12 @@ class VisionTransformer(ClassTokenModel):
     """ViT: patch embedding, class token, absolute position embedding, pre-norm blocks.
 
     x: (B, C, H, W) -> ``forward_features`` (B, 1 + N, D) -> logits (B, num_classes).
+
+    With ``distilled=True`` this is DeiT's distilled ViT (timm's ``VisionTransformerDistilled``,
+    same parameter names): the tokens are (cls, dist, patches), ``forward_features`` gives
+    (B, 2 + N, D), ``pos_embed`` (1, 2 + N, D) covers both prefix tokens, and the logits are
+    ``(head(cls) + head_dist(dist)) / 2``, or the pair in distilled training (see
+    :class:`~vitfer.models.base.DistillationMixin`).
     """
 
     def __init__(self, cfg: ViTConfig, name: str = "") -> None:
@@ -70,12 +82,12 @@ class VisionTransformer(ClassTokenModel):
         self.num_features = self.embed_dim = cfg.embed_dim
         self.in_chans = cfg.in_chans
         self.global_pool = cfg.global_pool
-        self.num_prefix_tokens = 1
 
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         n = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n + (2 if cfg.distilled else 1), cfg.embed_dim))
+        self._init_dist_token(cfg.distilled, cfg.embed_dim)  # num_prefix_tokens: 1, or 2 with dist_token
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.Sequential(
@@ -91,6 +103,7 @@ class VisionTransformer(ClassTokenModel):
         self.norm = LayerNorm6(cfg.embed_dim)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self._init_head_dist(cfg.embed_dim, cfg.num_classes)
         self.set_feature_info()
         self.init_weights()
 
@@ -102,6 +115,8 @@ class VisionTransformer(ClassTokenModel):
     def init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)  # timm's VisionTransformerDistilled
         self.apply(init_weights_vit)
 
     # -- API ---------------------------------------------------------------------------------
@@ -111,7 +126,7 @@ class VisionTransformer(ClassTokenModel):
         img_size = to_2tuple(img_size)
         old_grid = self.patch_embed.grid_size
         self.patch_embed.set_input_size(img_size)
-        new = resample_abs_pos_embed(self.pos_embed.data, self.patch_embed.grid_size, old_grid, 1)
+        new = resample_abs_pos_embed(self.pos_embed.data, self.patch_embed.grid_size, old_grid, self.num_prefix_tokens)
         self.pos_embed = nn.Parameter(new, requires_grad=self.pos_embed.requires_grad)
         if self.pretrained_cfg:
             self.pretrained_cfg["input_size"] = (self.in_chans, *img_size)
@@ -120,11 +135,15 @@ class VisionTransformer(ClassTokenModel):
     def _embed(self, x: Tensor) -> Tensor:
         check_input(x, self.in_chans, self.patch_embed.img_size, (self.model_name if len(self.model_name) > 0 else "ViT"))
         x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        if self.dist_token is None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        else:  # DeiT: (cls, dist, patches), then the position embedding of all of them (timm)
+            prefix = [self.cls_token.expand(x.shape[0], -1, -1), self.dist_token.expand(x.shape[0], -1, -1)]
+            x = torch.cat(prefix + [x], dim=1) + self.pos_embed
         return self.pos_drop(x)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """x: (B, C, H, W) -> normed tokens (B, 1 + N, D)."""
+        """x: (B, C, H, W) -> normed tokens (B, P + N, D), P = ``num_prefix_tokens`` (2 if distilled)."""
         x = self._embed(x)
         if not torch.jit.is_scripting() and self._checkpointing():
             x = checkpoint_seq(self.blocks, x)
@@ -152,7 +171,7 @@ class VisionTransformer(ClassTokenModel):
             intermediates_only: return only the list.
 
         Returns:
-            ``(forward_features(x), intermediates)`` or ``intermediates`` (class token removed).
+            ``(forward_features(x), intermediates)`` or ``intermediates`` (prefix tokens removed).
         """
         check_output_fmt(output_fmt)
         take, max_index = feature_take_indices(len(self.blocks), indices)
@@ -170,7 +189,8 @@ class VisionTransformer(ClassTokenModel):
         return self.norm(x), ys
 
     def attention_maps(self, x: Tensor) -> list[Tensor]:
-        """Attention weights of every block, each (B, H, 1 + N, 1 + N) (hand-written path)."""
+        """Attention weights of every block, each (B, H, P + N, P + N) (hand-written path; P =
+        ``num_prefix_tokens``: the class token, and the distillation token second if distilled)."""
         x = self._embed(x)
         maps = []
         for blk in self.blocks:
@@ -184,7 +204,9 @@ def checkpoint_filter_fn(
     model: VisionTransformer,
     grid_sizes: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, Tensor]:
-    """Adapt a timm-layout ViT state dict to ``model``: resample ``pos_embed`` to its grid.
+    """Adapt a timm-layout ViT state dict to ``model``: resample ``pos_embed`` to its grid (its
+    first ``model.num_prefix_tokens`` rows, the class and distillation tokens', kept as they are).
+    A distilled model needs a distilled checkpoint (DeiT's ``dist_token``) and the other way round.
 
     ``grid_sizes["pos_embed"]`` is the checkpoint's own (H, W) patch grid (a vitfer checkpoint's
     metadata gives it, non-square included); without it the grid is inferred (square, or the
@@ -192,6 +214,7 @@ def checkpoint_filter_fn(
     """
     from ..layers.pos_embed import infer_grid_size
 
+    check_distillation_keys(state_dict, model, ("dist_token",))
     out = dict(state_dict)
     pe = out.get("pos_embed")
     if pe is not None and pe.shape != model.pos_embed.shape:
@@ -205,6 +228,10 @@ VIT_VARIANTS: dict[str, dict[str, Any]] = {
     "vit_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
     "vit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    # DeiT distilled (Touvron et al. 2021): ViT-Ti/S/B with a distillation token and head
+    "deit_tiny_distilled_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, distilled=True),
+    "deit_small_distilled_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, distilled=True),
+    "deit_base_distilled_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, distilled=True),
 }
 
 _VIT_CFGS = {
@@ -221,6 +248,16 @@ _PRETRAINED = {
     )
     for name, hub in _VIT_CFGS.items()
 }
+# timm's DeiT cfgs (timm/models/deit.py): facebookresearch/deit ImageNet-1k weights, ImageNet mean/std,
+# crop_pct 0.9 (timm's value; the DeiT repository evaluates at 224/256 = 0.875), both heads classifiers
+_PRETRAINED.update({
+    name: PretrainedCfg(
+        hf_hub_id=f"timm/{name}.fb_in1k", input_size=(3, 224, 224), crop_pct=0.9, interpolation="bicubic",
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, classifier=("head", "head_dist"), license="apache-2.0",
+        notes="facebookresearch/deit ImageNet-1k weights (distilled from a RegNetY-16GF teacher), re-hosted by timm",
+    )
+    for name in ("deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224", "deit_base_distilled_patch16_224")
+})
 
 register_family("vit", VIT_VARIANTS, ViTConfig, VisionTransformer, _PRETRAINED)
 
@@ -238,3 +275,18 @@ def vit_small_patch16_224(pretrained: bool | str = False, **overrides: Any) -> V
 def vit_base_patch16_224(pretrained: bool | str = False, **overrides: Any) -> VisionTransformer:
     """ViT-B/16 (D 768, 12 blocks, 12 heads), 86.6M parameters."""
     return create_model("vit_base_patch16_224", pretrained=pretrained, **overrides)
+
+
+def deit_tiny_distilled_patch16_224(pretrained: bool | str = False, **overrides: Any) -> VisionTransformer:
+    """DeiT-Ti/16 distilled (D 192, 12 blocks, 3 heads, distillation token), 5.9M parameters."""
+    return create_model("deit_tiny_distilled_patch16_224", pretrained=pretrained, **overrides)
+
+
+def deit_small_distilled_patch16_224(pretrained: bool | str = False, **overrides: Any) -> VisionTransformer:
+    """DeiT-S/16 distilled (D 384, 12 blocks, 6 heads, distillation token), 22.4M parameters."""
+    return create_model("deit_small_distilled_patch16_224", pretrained=pretrained, **overrides)
+
+
+def deit_base_distilled_patch16_224(pretrained: bool | str = False, **overrides: Any) -> VisionTransformer:
+    """DeiT-B/16 distilled (D 768, 12 blocks, 12 heads, distillation token), 87.3M parameters."""
+    return create_model("deit_base_distilled_patch16_224", pretrained=pretrained, **overrides)

@@ -47,6 +47,7 @@ from .errors import CheckpointError
 
 __all__ = [
     "FAMILIES",
+    "MODEL_RELEASES",
     "ORIGINAL_RELEASES",
     "OriginalRelease",
     "build_empty",
@@ -67,6 +68,7 @@ __all__ = [
     "import_all_families",
     "import_family",
     "meta_init",
+    "original_release",
     "reference_shapes",
     "validate_state_dict",
 ]
@@ -165,6 +167,7 @@ def _guess_model(sd: Mapping[str, Any], family: str) -> Optional[str]:
 
     if import_family(family) is None:
         return None
+    fits = []
     for cand in list_models(family=family):
         try:
             ref = reference_shapes(cand)
@@ -173,8 +176,10 @@ def _guess_model(sd: Mapping[str, Any], family: str) -> Optional[str]:
         cls = {f"{c}.{p}" for c in classifier_names(get_pretrained_cfg(cand)) for p in ("weight", "bias")}
         common = [k for k in ref if k in sd and k not in cls and "pos_embed" not in k]
         if common and set(sd) - cls <= set(ref) and all(_shape(sd[k]) == ref[k] for k in common):
-            return cand
-    return None
+            if set(ref) - cls <= set(sd):
+                return cand  # every key of the candidate is there (a ViT is not taken for its DeiT twin)
+            fits.append(cand)
+    return fits[0] if fits else None
 
 
 def _mismatch_hint(name: str, family: str, sd: Mapping[str, Any], metadata_model: Optional[str]) -> str:
@@ -219,9 +224,14 @@ def validate_state_dict(
             f"which this vitfer cannot build: {e}"
         ) from e
     cfg = spec.pretrained_cfg
-    cls_keys = {f"{c}.{p}" for c in classifier_names(cfg) for p in ("weight", "bias")}
+    heads = classifier_names(cfg)
+    if any(k.startswith("head_dist") for k in ref):  # a distilled model (distilled=True): two heads per branch
+        from vitfer.models.base import distilled_classifier
+
+        heads = distilled_classifier(heads)
+    cls_keys = {f"{c}.{p}" for c in heads for p in ("weight", "bias")}
     conv_keys = {f"{c}.weight" for c in first_conv_names(cfg)}
-    present_cls = {c for c in classifier_names(cfg) if f"{c}.weight" in sd or f"{c}.bias" in sd}
+    present_cls = {c for c in heads if f"{c}.weight" in sd or f"{c}.bias" in sd}
     missing = [
         k for k in ref
         if k not in sd and (k not in cls_keys or any(k.startswith(c + ".") for c in present_cls))
@@ -549,6 +559,9 @@ _ORIGINAL_NAMES = {
     "--imagenet2012-steps_20k-lr_0.03-res_224",
     "vit_small_patch16_224": "augreg/S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0"
     "--imagenet2012-steps_20k-lr_0.03-res_224",
+    "deit_tiny_distilled_patch16_224": "deit_tiny_distilled_patch16_224-b40b3cf7",
+    "deit_small_distilled_patch16_224": "deit_small_distilled_patch16_224-649709d9",
+    "deit_base_distilled_patch16_224": "deit_base_distilled_patch16_224-df68dfff",
     "vgg16": "vgg16-397923af",
     "vgg19": "vgg19-dcbb9e9d",
     "resnet50d": "resnet50d_ra2-464e36ba",
@@ -582,6 +595,22 @@ ORIGINAL_RELEASES: dict[str, OriginalRelease] = {
         "convert_vgg_torchvision", "https://download.pytorch.org/models/{orig}.pth",
     ),
 }
+
+
+# Models whose first release is not their family's (the vit family's DeiT models: Facebook's .pth).
+MODEL_RELEASES: dict[str, OriginalRelease] = {
+    name: OriginalRelease(
+        "vit", "deit-pth", "facebookresearch/deit .pth, state dict under 'model', timm's key names",
+        "convert_timm_vit", "https://dl.fbaipublicfiles.com/deit/{orig}.pth",
+    )
+    for name in ("deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224", "deit_base_distilled_patch16_224")
+}
+
+
+def original_release(name: str, family: str) -> Optional[OriginalRelease]:
+    """Where model ``name`` (of ``family``) was first released: its own entry in
+    :data:`MODEL_RELEASES`, else its family's in :data:`ORIGINAL_RELEASES` (``None`` if neither)."""
+    return MODEL_RELEASES.get(name) or ORIGINAL_RELEASES.get(family)
 
 
 def convert_checkpoint(
