@@ -222,3 +222,39 @@ def test_the_cli_distill_option(tmp_path, capsys):
     assert (tmp_path / "cli" / "teacher" / "model.safetensors").is_file()
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert metrics["config"]["distill"] == "auto" and math.isfinite(metrics["teacher"]["test_accuracy"])
+
+
+def test_a_transformer_student_learns_through_its_distillation_token(tmp_path):
+    """A ViT student gets a distillation token and head (DeiT): in training its forward gives the
+    class-token logits to the labels' loss and the distillation-token logits to the teacher's, both
+    heads learn, and the saved model averages them at evaluation."""
+    from vitfer.engine import Callback
+    from vitfer.weights import load
+
+    teacher = finetune(_cnn(tmp_path, "t", max_steps=2))
+    vit = dict(model="vit_tiny_patch16_224", model_overrides={"depth": 1, "embed_dim": 32, "num_heads": 1},
+               patch_size=8)
+    start = {}
+
+    class Grab(Callback):
+        def on_train_start(self, info):
+            m = info["model"]
+            start.update(head=m.head.weight.detach().clone(), dist=m.head_dist.weight.detach().clone(),
+                         token=m.dist_token.detach().clone(), training=m.distilled_training)
+
+    res = finetune(_cnn(tmp_path, "s", max_steps=3, **vit, distill=teacher["out_dir"]), callbacks=[Grab()])
+    assert res["config"]["model_overrides"]["distilled"] is True and start["training"] is True
+    model = load(res["checkpoint"])
+    assert model.distilled and model.num_prefix_tokens == 2 and not model.distilled_training
+    for name, now in (("head", model.head.weight), ("dist", model.head_dist.weight), ("token", model.dist_token)):
+        assert not torch.equal(start[name], now.detach()), name
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        t = model.forward_features(x)
+        want = (model.head(t[:, 0]) + model.head_dist(t[:, 1])) / 2
+        assert torch.allclose(model(x), want, atol=1e-6)
+    # the overrides may say otherwise: a plain ViT learns from both terms through its one head
+    plain = finetune(_cnn(tmp_path, "p", max_steps=1, **{**vit, "model_overrides": {**vit["model_overrides"],
+                                                                                     "distilled": False}},
+                          distill=teacher["out_dir"]))
+    assert not getattr(load(plain["checkpoint"]), "distilled", False)

@@ -22,7 +22,9 @@ AMP_MODES = ("auto", "none", "bf16")
 #: argmax) or soft ones (the teacher's distribution at temperature ``distill_tau``).
 DISTILL_TYPES = ("hard", "soft")
 #: Families whose models take a distillation token (``model_overrides["distilled"]``).
-DISTILL_TOKEN_FAMILIES = ("vit", "convit", "crossvit")
+DISTILL_TOKEN_FAMILIES = ("vit", "convit", "crossvit", "vit_hybrid")
+#: The study's plain transformers: from scratch they learn only from a teacher (recipe ``distill``).
+PLAIN_TRANSFORMER_FAMILIES = ("vit", "convit", "crossvit")
 #: Datasets a run can pretrain on first (``pretrain``; a folder dataset needs options of its own).
 PRETRAIN_DATASETS = ("synthetic", "ckplus48", "jaffe", "fer2013")
 AUTO = "auto"
@@ -340,7 +342,7 @@ def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
 
 def recipe_for(recipe: str, fields: dict[str, Any]) -> str:
     """The recipe a run of ``fields`` takes when ``recipe`` is asked for: ``scratch`` with one of the
-    plain transformers (ViT, ConViT, CrossViT: :data:`DISTILL_TOKEN_FAMILIES`) as the model is
+    plain transformers (ViT, ConViT, CrossViT: :data:`PLAIN_TRANSFORMER_FAMILIES`) as the model is
     ``distill``, since from scratch on a few hundred faces they learn only from a teacher (the
     ``scratch`` recipe's own model is a hybrid, a ViT on a convolutional stem, which learns alone)."""
     model = fields.get("model")
@@ -352,7 +354,7 @@ def recipe_for(recipe: str, fields: dict[str, Any]) -> str:
         family = model_spec(model).family
     except KeyError:  # an unknown model: the config's own check names it
         return recipe
-    return "distill" if family in DISTILL_TOKEN_FAMILIES else recipe
+    return "distill" if family in PLAIN_TRANSFORMER_FAMILIES else recipe
 
 
 def recipe_values(recipe: str, fields: dict[str, Any]) -> dict[str, Any]:

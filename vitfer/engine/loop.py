@@ -150,7 +150,7 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
     peak_lr = float(cfg.lr)  # resolved: the config holds the run's peak lr
     opt = build_optimizer(cfg, model, peak_lr)
     teacher = ctx.teacher
-    if teacher is not None and hasattr(model, "set_distilled_training"):
+    if teacher is not None and getattr(model, "distilled", False):
         model.set_distilled_training(True)  # the training forward returns (class-token, distillation-token) logits
     train_model = dist.wrap(model)
     ema = ModelEma(model, cfg.ema) if cfg.ema else None
