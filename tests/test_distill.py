@@ -108,6 +108,8 @@ def test_distillation_options_are_checked(tmp_path):
         _cnn(tmp_path, "a", distill="auto", distill_tau=0)
     with pytest.raises(ValueError, match="teacher_epochs"):
         _cnn(tmp_path, "a", distill="auto", teacher_epochs=0)
+    with pytest.raises(ValueError, match="distill_features"):
+        _cnn(tmp_path, "a", distill="auto", distill_features=-1.0)
     with pytest.raises(ValueError, match="svm"):
         _cnn(tmp_path, "a", distill="auto", head="svm", freeze="backbone")
     with pytest.raises(ValueError, match="does not exist"):
@@ -258,3 +260,63 @@ def test_a_transformer_student_learns_through_its_distillation_token(tmp_path):
                                                                                      "distilled": False}},
                           distill=teacher["out_dir"]))
     assert not getattr(load(plain["checkpoint"]), "distilled", False)
+
+
+# -- the feature term ----------------------------------------------------------------------------------
+VIT = dict(model="vit_tiny_patch16_224", model_overrides={"depth": 2, "embed_dim": 32, "num_heads": 1}, patch_size=8)
+
+
+def test_the_feature_term_pairs_the_closest_teacher_stage_with_a_student_block():
+    from vitfer.engine.distill import FeatureHint, build_feature_hint, student_tap
+    from vitfer.models import create_model
+
+    teacher = Teacher(create_model("resnet18d", num_classes=7).eval(), {"input_size": (3, 48, 48)})
+    teacher.size = (48, 48)
+    # convit_tiny at 48 px, 6-px patches: an 8x8 grid; resnet18d's maps at 48 px are 24, 12, 6, 3, 2
+    student = create_model("convit_tiny", num_classes=7, img_size=48, patch_size=6, distilled=True)
+    hint = build_feature_hint(student, teacher, 48)
+    assert (hint.grid, hint.teacher_index, hint.block) == ((8, 8), 2, 5)  # layer2 (6x6, 128 channels), block 6 of 12
+    assert hint.proj.in_features == 192 and hint.proj.out_features == 128
+    student4 = create_model("vit_tiny_patch16_224", num_classes=7, img_size=48, patch_size=4)
+    hint4 = build_feature_hint(student4, teacher, 48)
+    assert (hint4.grid, hint4.teacher_index, hint4.block) == ((12, 12), 1, 2)  # layer1 is 12x12 itself
+    assert student_tap(create_model("crossvit_tiny_240", num_classes=7, img_size=48, patch_size=(6, 8)))[1:3] == (
+        (8, 8), 96)
+    # the loss: a linear map of the patch tokens against the resized, channel-normalised teacher map
+    g = torch.Generator().manual_seed(0)
+    h = FeatureHint(4, 3, (2, 2), 0, 0)
+    tokens, tmap = torch.randn(2, 1 + 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    t = F.adaptive_avg_pool2d(tmap, 2).flatten(2).transpose(1, 2)
+    t = (t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    want = ((h.proj(tokens[:, 1:]) - t) ** 2).mean()
+    assert torch.allclose(h(tokens, tmap), want, atol=1e-6)
+
+
+def test_a_run_with_the_feature_term_learns_it_and_resumes_exactly(tmp_path):
+    from vitfer.engine import STATE_FILE, Callback
+    from vitfer.weights import load
+    from vitfer.weights.io import read_checkpoint
+
+    teacher = finetune(_cnn(tmp_path, "t", max_steps=2))
+    cfg = _cnn(tmp_path, "s", epochs=2, **VIT, distill=teacher["out_dir"], distill_features=1.0)
+    whole = finetune(cfg)
+    tensors, _, _ = read_checkpoint(tmp_path / "s" / STATE_FILE)
+    proj = {k: v for k, v in tensors.items() if k.startswith("extra.proj.")}
+    assert set(proj) == {"extra.proj.weight", "extra.proj.bias"}  # the map trained beside the model, for resume
+    assert "proj.weight" not in load(whole["checkpoint"]).state_dict()  # and not part of the model
+
+    class StopAtEpoch2(Callback):
+        def on_epoch_start(self, info):
+            if info["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    part = dataclasses.replace(cfg, out_dir=str(tmp_path / "r"))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(part, callbacks=[StopAtEpoch2()])
+    resumed = finetune(part, resume=True)
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in whole["history"]]
+    a, b = load(whole["checkpoint"]).state_dict(), load(resumed["checkpoint"]).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the feature term adds to the loss: without it the same run trains otherwise
+    plain = finetune(dataclasses.replace(cfg, out_dir=str(tmp_path / "p"), distill_features=0.0))
+    assert plain["history"][0]["train_loss"] < whole["history"][0]["train_loss"]

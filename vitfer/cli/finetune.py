@@ -146,6 +146,10 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill-alpha", type=float, default=d.distill_alpha,
                    help="weight of the teacher's term in the loss (the labels' is 1 - alpha)")
     p.add_argument("--distill-tau", type=float, default=d.distill_tau, help="soft distillation's temperature")
+    p.add_argument("--distill-features", type=float, default=d.distill_features, metavar="WEIGHT",
+                   help="weight of distillation's feature term: the student's patch tokens after one block regress "
+                   "the teacher's feature map of the closest grid, through a linear map trained alongside (FitNets "
+                   "hints as ViTKD uses them; 0 = off)")
     p.add_argument("--teacher", default=d.teacher, metavar="MODEL",
                    help="--distill without TEACHER: the teacher's model, trained with the scratch recipe")
     p.add_argument("--teacher-epochs", type=positive_int, default=d.teacher_epochs, metavar="N",
@@ -239,7 +243,8 @@ _CONFIG_OPTIONS = (
     "model", "dataset", "labels", "subject_pattern", "crop_faces", "split", "fold", "n_folds", "val_size", "img_size",
     "patch_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_steps", "label_smoothing", "mixup",
     "cutmix", "drop_path_rate", "ema", "synthetic_n", "seed", "device", "amp", "overwrite", "momentum", "schedule",
-    "freeze", "head", "face_margin", "grad_checkpointing", "distill_type", "distill_alpha", "distill_tau", "teacher",
+    "freeze", "head", "face_margin", "grad_checkpointing", "distill_type", "distill_alpha", "distill_tau",
+    "distill_features", "teacher",
     "teacher_epochs",
 )
 

@@ -105,6 +105,7 @@ class FinetuneConfig:
     distill_type: str = "hard"  # hard (DeiT: the teacher's argmax) | soft (its distribution at temperature distill_tau)
     distill_alpha: float = 0.5  # weight of the teacher's term in the loss (1 - alpha: the labels')
     distill_tau: float = 1.0  # soft distillation's temperature
+    distill_features: float = 0.0  # weight of the feature term: patch tokens regress the teacher's feature map (0 = off)
     teacher: str = "resnet18d"  # distill="auto": the teacher's model, trained with the scratch recipe
     teacher_epochs: Optional[int] = None  # distill="auto": the teacher's epochs (None: the scratch recipe's)
 
@@ -178,6 +179,10 @@ class FinetuneConfig:
         if isinstance(self.distill_tau, bool) or not (isinstance(self.distill_tau, (int, float))
                                                       and math.isfinite(self.distill_tau) and self.distill_tau > 0):
             raise bad("distill_tau", "a positive temperature")
+        if isinstance(self.distill_features, bool) or not (isinstance(self.distill_features, (int, float))
+                                                           and math.isfinite(self.distill_features)
+                                                           and self.distill_features >= 0):
+            raise bad("distill_features", "a weight >= 0 (0 = off)")
         if self.teacher_epochs is not None and (not is_int(self.teacher_epochs) or self.teacher_epochs < 1):
             raise bad("teacher_epochs", "None or an int >= 1")
         if self.distill is not None and self.head == "svm":

@@ -36,8 +36,9 @@ from torch import Tensor, nn
 
 from .config import AUTO, FinetuneConfig
 
-__all__ = ["TEACHER_FOLDER", "TEACHER_DATA_FIELDS", "TEACHER_RECIPE", "Teacher", "check_teacher_split",
-           "distillation_loss", "load_teacher", "student_outputs", "teacher_config", "teacher_info"]
+__all__ = ["TEACHER_FOLDER", "TEACHER_DATA_FIELDS", "TEACHER_RECIPE", "FeatureHint", "Teacher", "build_feature_hint",
+           "check_teacher_split", "distillation_loss", "load_teacher", "student_outputs", "student_tap",
+           "tap_block_output", "teacher_config", "teacher_info", "teacher_logits_and_map"]
 
 _logger = logging.getLogger(__name__)
 
@@ -96,14 +97,18 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True) -> "Teacher":  # a teacher never trains (dropout, BatchNorm stay frozen)
         return super().train(False)
 
-    @torch.no_grad()
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits (B, num_classes), float32, of the student's input batch ``x``."""
+    def prepare(self, x: Tensor) -> Tensor:
+        """The student's input batch in the teacher's normalisation and size."""
         if self.renorm:
             x = x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
         if all(self.size) and tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
-        out = self.model(x)
+        return x
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, num_classes), float32, of the student's input batch ``x``."""
+        out = self.model(self.prepare(x))
         if isinstance(out, (tuple, list)):
             out = (out[0] + out[1]) / 2
         return out.float()
@@ -170,3 +175,99 @@ def teacher_info(metrics: dict[str, Any], cfg: Optional[FinetuneConfig], source:
     return {"source": source, "model": metrics.get("model"), "out_dir": metrics.get("out_dir"),
             "checkpoint": metrics.get("checkpoint", source), "test_accuracy": test.get("accuracy"),
             "seconds": metrics.get("seconds"), "config": asdict(cfg) if cfg is not None else None}
+
+
+# -- feature distillation ------------------------------------------------------------------------
+def student_tap(model: nn.Module) -> tuple[nn.Module, tuple[int, int], int, int]:
+    """Where a transformer student's patch tokens are read for the feature term:
+    ``(block, (h, w) patch grid, token width, block index)``. The block is the one a third to a
+    half of the way up (set against the teacher's stage by :func:`build_feature_hint`); CrossViT's
+    tokens are its first (finer) branch's."""
+    pe = getattr(model, "patch_embed", None)
+    blocks = getattr(model, "blocks", None)
+    if pe is None or blocks is None:
+        raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} has no patch tokens to distil "
+                         "features into (distill_features applies to the transformers)")
+    if isinstance(pe, nn.ModuleList):  # CrossViT: one patch embedding a branch
+        pe = pe[0]
+    grid = tuple(int(g) for g in pe.grid_size)
+    dim = getattr(model, "embed_dim", None)
+    if isinstance(dim, (list, tuple)):
+        dim = dim[0]
+    return blocks, grid, int(dim), len(blocks)  # type: ignore[return-value]
+
+
+def _block_tokens(out: Any) -> Tensor:
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+class FeatureHint(nn.Module):
+    """The feature term of distillation (``distill_features``; FitNets' hints, Romero et al. 2015,
+    as ViTKD applies them to ViTs, Yang et al. 2022): the student's patch tokens after one block,
+    through a linear map trained alongside (and dropped after training), regress the teacher's
+    feature map of the stage whose grid is closest to the student's patch grid, resized to that
+    grid and normalised over its channels at each location. A label a image tells a transformer
+    what a face shows; the teacher's map tells each of its patch tokens what a CNN sees there,
+    which is what a transformer without convolutions lacks on a few hundred faces."""
+
+    def __init__(self, student_dim: int, teacher_channels: int, grid: tuple[int, int], block: int,
+                 teacher_index: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(student_dim, teacher_channels)
+        self.grid, self.block, self.teacher_index = tuple(grid), int(block), int(teacher_index)
+
+    def forward(self, tokens: Tensor, teacher_map: Tensor) -> Tensor:
+        h, w = self.grid
+        tokens = tokens[:, tokens.shape[1] - h * w:]  # the patch tokens (prefix tokens come first)
+        t = teacher_map.float()
+        if tuple(t.shape[-2:]) != (h, w):
+            t = (F.adaptive_avg_pool2d(t, (h, w)) if t.shape[-2] >= h and t.shape[-1] >= w
+                 else F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False))
+        t = t.flatten(2).transpose(1, 2)
+        t = F.layer_norm(t, t.shape[-1:])
+        return F.mse_loss(self.proj(tokens).float(), t)
+
+
+def build_feature_hint(model: nn.Module, teacher: "Teacher", img_size: int,
+                       device: Union[str, torch.device] = "cpu") -> FeatureHint:
+    """The :class:`FeatureHint` of a student and teacher: the teacher's stage whose map is closest
+    to the student's patch grid (in scale; the deeper on a tie) and the student block at the same
+    depth fraction (a stage ``i`` of ``n`` taps: block ``round(depth * i / (n - 1)) - 1``)."""
+    import math
+
+    _, grid, dim, depth = student_tap(model)
+    with torch.no_grad():
+        maps = teacher.model.forward_intermediates(
+            torch.zeros(1, int(getattr(teacher.model, "in_chans", 3)), *(teacher.size if all(teacher.size)
+                                                                          else (img_size, img_size)),
+                        device=next(teacher.parameters()).device), intermediates_only=True)
+    if not maps or maps[0].ndim != 4:
+        raise ValueError("the teacher gives no feature maps to distil (distill_features needs a CNN teacher)")
+    n = len(maps)
+    cost = [abs(math.log(m.shape[-2] / grid[0])) - 1e-6 * i for i, m in enumerate(maps)]
+    index = min(range(n), key=cost.__getitem__)
+    block = min(depth - 1, max(0, round(depth * index / max(1, n - 1)) - 1))
+    return FeatureHint(dim, int(maps[index].shape[1]), grid, block, index).to(device)
+
+
+def teacher_logits_and_map(teacher: "Teacher", x: Tensor, index: int) -> tuple[Tensor, Tensor]:
+    """The teacher's logits and its feature map ``index`` of the student's batch ``x``, in one pass."""
+    with torch.no_grad():
+        x = teacher.prepare(x)
+        final, maps = teacher.model.forward_intermediates(x, indices=[index])
+        out = teacher.model.forward_head(final)
+        if isinstance(out, (tuple, list)):
+            out = (out[0] + out[1]) / 2
+    return out.float(), maps[0]
+
+
+def tap_block_output(model: nn.Module, block: int) -> tuple[dict[str, Tensor], Any]:
+    """A forward hook on the student's ``block``: ``(store, handle)``, ``store["tokens"]`` holding
+    that block's output tokens after each forward (the first branch's for CrossViT)."""
+    store: dict[str, Tensor] = {}
+    blocks, _, _, _ = student_tap(model)
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        store["tokens"] = _block_tokens(out)
+
+    return store, blocks[block].register_forward_hook(hook)

@@ -24,7 +24,9 @@ from vitfer.layers.drop_path import global_batch
 from vitfer.runtime import autocast
 
 from .config import FinetuneConfig, RunFolderError, TrainingError
-from .distill import distillation_loss, student_outputs
+from .distill import (
+    build_feature_hint, distillation_loss, student_outputs, tap_block_output, teacher_logits_and_map,
+)
 from .distributed import BatchPart, DistInfo, batch_part
 from .ema import ModelEma
 from .metrics import evaluate
@@ -152,6 +154,13 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
     teacher = ctx.teacher
     if teacher is not None and getattr(model, "distilled", False):
         model.set_distilled_training(True)  # the training forward returns (class-token, distillation-token) logits
+    hint, tapped, tap_handle = None, {}, None
+    if teacher is not None and cfg.distill_features:
+        hint = build_feature_hint(model, teacher, int(cfg.img_size), device)
+        opt.add_param_group({"params": list(hint.parameters()), "weight_decay": cfg.weight_decay})
+        tapped, tap_handle = tap_block_output(model, hint.block)
+        _logger.info("feature distillation: block %d's patch tokens (%dx%d) regress the teacher's feature map %d "
+                     "(weight %g)", hint.block, *hint.grid, hint.teacher_index, cfg.distill_features)
     train_model = dist.wrap(model)
     ema = ModelEma(model, cfg.ema) if cfg.ema else None
     eval_model = ema.module if ema is not None else model  # validated, saved and tested
@@ -161,7 +170,7 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
     best: Optional[dict[str, Any]] = None
     step, start_epoch, train_time = 0, 0, 0.0
     if ctx.resume and (out_dir / STATE_FILE).is_file():
-        info = load_train_state(out_dir / STATE_FILE, model, opt, ema=ema)
+        info = load_train_state(out_dir / STATE_FILE, model, opt, ema=ema, extra=hint)
         _check_state_config(out_dir, info.get("config"), cfg)
         history, best, step, train_time = info["history"], info["best"], info["step"], info["train_time_s"]
         start_epoch = info["epoch"]
@@ -193,7 +202,11 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
                                          rows=part.rows)
             with autocast(device, cfg.amp), global_batch(part.start, part.total):
                 out = train_model(x)
-                t_logits = teacher(x) if teacher is not None else None
+                t_map = None
+                if hint is not None:
+                    t_logits, t_map = teacher_logits_and_map(teacher, x, hint.teacher_index)
+                else:
+                    t_logits = teacher(x) if teacher is not None else None
             logits, dist_logits = student_outputs(out)
             if cfg.mixup or cfg.cutmix:
                 loss = soft_cross_entropy(logits, target)
@@ -202,6 +215,8 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
             if t_logits is not None:
                 kd = distillation_loss(dist_logits, t_logits, cfg.distill_type, cfg.distill_tau)
                 loss = (1.0 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+            if hint is not None:
+                loss = loss + cfg.distill_features * hint(tapped.pop("tokens"), t_map)
             if dist_logits is not logits:
                 logits = (logits + dist_logits) / 2  # what the model predicts at evaluation
             if not torch.isfinite(loss):
@@ -242,7 +257,7 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
             save_train_state(out_dir / STATE_FILE, model, opt, {
                 "epoch": epoch + 1, "step": step, "history": history, "best": best, "train_time_s": train_time,
                 "config": asdict(cfg),
-            }, ema=ema)
+            }, ema=ema, extra=hint)
             with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
         dist.barrier()
@@ -255,6 +270,8 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
         for cb in callbacks:
             cb.on_epoch_end(rec)
 
+    if tap_handle is not None:
+        tap_handle.remove()
     return {"history": history, "best_epoch": best["epoch"] if best else None, "peak_lr": peak_lr,
             "train_time_s": train_time, "test": ctx.test(ckpt)}
 

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -117,7 +117,7 @@ def _set_rng(tensors: dict[str, "torch.Tensor"], info: dict[str, Any]) -> None:
 
 def save_train_state(
     path: Union[str, os.PathLike], model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", info: dict[str, Any],
-    ema: Any = None,
+    ema: Any = None, extra: Optional["torch.nn.Module"] = None,
 ) -> Path:
     """Write everything a run needs to continue exactly, atomically, into one safetensors file:
     the model (its current, not its best, weights), the optimiser's state and hyper-parameters,
@@ -137,6 +137,8 @@ def save_train_state(
                 plain.setdefault(str(idx), {})[k] = v
     if ema is not None:
         tensors.update({f"ema.{k}": v.detach() for k, v in ema.state_dict().items()})
+    if extra is not None:  # modules trained beside the model (distillation's feature map)
+        tensors.update({f"extra.{k}": v.detach() for k, v in extra.state_dict().items()})
     tensors.update(_rng_tensors())
     meta = {**info, "optimizer": {"param_groups": opt["param_groups"], "plain_state": plain}, "rng": _rng_json()}
     return atomic_save_safetensors({k: v.cpu() for k, v in tensors.items()}, path,
@@ -145,6 +147,7 @@ def save_train_state(
 
 def load_train_state(
     path: Union[str, os.PathLike], model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", ema: Any = None,
+    extra: Optional["torch.nn.Module"] = None,
 ) -> dict[str, Any]:
     """Restore what :func:`save_train_state` wrote into ``model``, ``optimizer``, ``ema`` (when
     given) and the global RNGs; returns its ``info``. Raises ``CheckpointError`` for a damaged or
@@ -170,6 +173,12 @@ def load_train_state(
             ema.load_state_dict(ema_sd)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: the saved weight average does not fit the run's model: {e}") from e
+    if extra is not None:
+        extra_sd = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        try:
+            extra.load_state_dict(extra_sd, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: the saved distillation feature map does not fit the run's: {e}") from e
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
