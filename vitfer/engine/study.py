@@ -155,9 +155,11 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
                               cutmix=0.0, drop_path_rate=0.0)
             elif distilled:
                 # transformers from scratch learn from a CNN teacher (DeiT's distillation): one teacher a
-                # dataset, trained first on the same training part, shared by the transformer rows
+                # dataset, trained first on the same training part, shared by the transformer rows; no
+                # mixing or drop-path (the distill recipe has none; the hybrid's scratch recipe would)
                 fields.update(pretrained=False, epochs=QUICK_DISTILL_EPOCHS, pretrain=None, crop_faces=False,
-                              distill=str(root / TEACHER_FOLDER), teacher_epochs=QUICK_TEACHER_EPOCHS)
+                              mixup=0.0, cutmix=0.0, drop_path_rate=0.0, distill=str(root / TEACHER_FOLDER),
+                              teacher_epochs=QUICK_TEACHER_EPOCHS)
             if cfg.epochs is not None:
                 fields["epochs"] = cfg.epochs
                 if distilled:
