@@ -411,7 +411,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": "convit_tiny", "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.05, "batch_size": 16,
         "warmup_steps": 100, "schedule": "cosine", "label_smoothing": 0.1, "drop_path_rate": 0.0, "amp": "auto",
         "mixup": 0.0, "cutmix": 0.0, "distill": "auto", "distill_type": "hard", "distill_alpha": 0.5,
-        "distill_features": 3.0, "teacher": "resnet18d", "teacher_epochs": 30,
+        "distill_features": 10.0, "teacher": "resnet18d", "teacher_epochs": 30,
         "datasets": {
             "synthetic": {"synthetic_n": 10000, "epochs": 7, "batch_size": 64,
                           "augment": {"rotation": 0.0, "translate": 0.0, "brightness": 0.0, "contrast": 0.0}},
