@@ -267,7 +267,7 @@ VIT = dict(model="vit_tiny_patch16_224", model_overrides={"depth": 2, "embed_dim
 
 
 def test_the_feature_term_pairs_the_closest_teacher_stage_with_a_student_block():
-    from vitfer.engine.distill import FeatureHint, build_feature_hint, student_tap
+    from vitfer.engine.distill import FeatureHint, build_feature_hint, student_tap, tap_block_output
     from vitfer.models import create_model
 
     teacher = Teacher(create_model("resnet18d", num_classes=7).eval(), {"input_size": (3, 48, 48)})
@@ -280,8 +280,16 @@ def test_the_feature_term_pairs_the_closest_teacher_stage_with_a_student_block()
     student4 = create_model("vit_tiny_patch16_224", num_classes=7, img_size=48, patch_size=4)
     hint4 = build_feature_hint(student4, teacher, 48)
     assert (hint4.grid, hint4.teacher_index, hint4.block) == ((12, 12), 1, 2)  # layer1 is 12x12 itself
-    assert student_tap(create_model("crossvit_tiny_240", num_classes=7, img_size=48, patch_size=(6, 8)))[1:3] == (
-        (8, 8), 96)
+    # CrossViT: the wider branch of the larger patches (8 px on its 40-px rescaled input: a 5x5 grid,
+    # 192 wide), which holds most of its blocks
+    cross = create_model("crossvit_tiny_240", num_classes=7, img_size=48, patch_size=(6, 8))
+    assert student_tap(cross)[1:] == ((5, 5), 192, 3, 1)
+    hint_x = build_feature_hint(cross, teacher, 48)
+    assert (hint_x.grid, hint_x.teacher_index, hint_x.block) == ((5, 5), 2, 1)
+    store, handle = tap_block_output(cross, hint_x.block)
+    cross(torch.randn(2, 3, 48, 48))
+    handle.remove()
+    assert store["tokens"].shape == (2, 1 + 25, 192)  # the class token, then the 5x5 patch tokens
     # the loss: a linear map of the patch tokens against the resized, channel-normalised teacher map
     g = torch.Generator().manual_seed(0)
     h = FeatureHint(4, 3, (2, 2), 0, 0)

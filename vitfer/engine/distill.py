@@ -178,27 +178,25 @@ def teacher_info(metrics: dict[str, Any], cfg: Optional[FinetuneConfig], source:
 
 
 # -- feature distillation ------------------------------------------------------------------------
-def student_tap(model: nn.Module) -> tuple[nn.Module, tuple[int, int], int, int]:
+def student_tap(model: nn.Module) -> tuple[nn.ModuleList, tuple[int, int], int, int, Optional[int]]:
     """Where a transformer student's patch tokens are read for the feature term:
-    ``(block, (h, w) patch grid, token width, block index)``. The block is the one a third to a
-    half of the way up (set against the teacher's stage by :func:`build_feature_hint`); CrossViT's
-    tokens are its first (finer) branch's."""
+    ``(blocks, (h, w) patch grid, token width, number of blocks, branch)``. CrossViT's tokens are
+    those of its wider branch (``branch``: the index into each multi-scale block's outputs; the
+    branch of the larger patches, which holds most of its blocks); ``branch`` is None for the
+    single-stream models."""
     pe = getattr(model, "patch_embed", None)
     blocks = getattr(model, "blocks", None)
     if pe is None or blocks is None:
         raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} has no patch tokens to distil "
                          "features into (distill_features applies to the transformers)")
-    if isinstance(pe, nn.ModuleList):  # CrossViT: one patch embedding a branch
-        pe = pe[0]
-    grid = tuple(int(g) for g in pe.grid_size)
     dim = getattr(model, "embed_dim", None)
-    if isinstance(dim, (list, tuple)):
-        dim = dim[0]
-    return blocks, grid, int(dim), len(blocks)  # type: ignore[return-value]
-
-
-def _block_tokens(out: Any) -> Tensor:
-    return out[0] if isinstance(out, (list, tuple)) else out
+    branch = None
+    if isinstance(pe, nn.ModuleList):  # CrossViT: one patch embedding and width a branch
+        dims = list(dim)
+        branch = max(range(len(dims)), key=lambda i: (dims[i], i))
+        pe, dim = pe[branch], dims[branch]
+    grid = tuple(int(g) for g in pe.grid_size)
+    return blocks, grid, int(dim), len(blocks), branch  # type: ignore[return-value]
 
 
 class FeatureHint(nn.Module):
@@ -235,7 +233,7 @@ def build_feature_hint(model: nn.Module, teacher: "Teacher", img_size: int,
     depth fraction (a stage ``i`` of ``n`` taps: block ``round(depth * i / (n - 1)) - 1``)."""
     import math
 
-    _, grid, dim, depth = student_tap(model)
+    _, grid, dim, depth, _ = student_tap(model)
     with torch.no_grad():
         maps = teacher.model.forward_intermediates(
             torch.zeros(1, int(getattr(teacher.model, "in_chans", 3)), *(teacher.size if all(teacher.size)
@@ -263,11 +261,11 @@ def teacher_logits_and_map(teacher: "Teacher", x: Tensor, index: int) -> tuple[T
 
 def tap_block_output(model: nn.Module, block: int) -> tuple[dict[str, Tensor], Any]:
     """A forward hook on the student's ``block``: ``(store, handle)``, ``store["tokens"]`` holding
-    that block's output tokens after each forward (the first branch's for CrossViT)."""
+    that block's output tokens after each forward (CrossViT: those of :func:`student_tap`'s branch)."""
     store: dict[str, Tensor] = {}
-    blocks, _, _, _ = student_tap(model)
+    blocks, _, _, _, branch = student_tap(model)
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-        store["tokens"] = _block_tokens(out)
+        store["tokens"] = out[branch] if branch is not None else out
 
     return store, blocks[block].register_forward_hook(hook)
