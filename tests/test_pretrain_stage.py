@@ -103,8 +103,8 @@ def test_cli_turns_the_jaffe_recipe_parts_off_and_on(tmp_path, data_root):
     out = tmp_path / "cli"
     # the recipe's JAFFE run without its pretraining and crops, shrunk to a smoke test
     assert main(["finetune", "--dataset", "jaffe", "--data-dir", str(data_root), "--split", "subject",
-                 "--pretrain", "none", "--no-crop-faces", "--model", "vit_tiny_patch16_224", "--img-size", "32",
-                 "--patch-size", "8", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+                 "--pretrain", "none", "--no-crop-faces", "--model", "resnet18d", "--img-size", "32",
+                 "--epochs", "1", "--quiet", "--out", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["recipe"] == "scratch" and cfg["pretrain"] is None and cfg["crop_faces"] is False
     assert cfg["lr"] == recipe_values("scratch", {"dataset": "jaffe"})["lr"]

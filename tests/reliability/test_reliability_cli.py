@@ -44,7 +44,8 @@ def _bad_argvs() -> list[tuple[str, list[str]]]:
                 out.append((f"{name} {opt}: not a choice", [name, opt, "no-such-choice"]))
             elif a.type is not None and a.type is not str:
                 out.append((f"{name} {opt}: bad value", [name, opt, _NOT_A_NUMBER]))
-            out.append((f"{name} {opt}: no value", [name, opt]))
+            if a.nargs != "?":  # an option whose value is optional (finetune --distill) is fine without one
+                out.append((f"{name} {opt}: no value", [name, opt]))
         if positionals:
             argv = [name]
             for a in positionals:

@@ -262,12 +262,15 @@ def _teacher_stage(cfg: FinetuneConfig, teacher_cfg: Optional[FinetuneConfig], d
         source = t_metrics["checkpoint"]
         meta = teacher_info(t_metrics, teacher_cfg, source)
     else:
+        from vitfer.weights.checkpoint import resolve_checkpoint
+
         source = str(cfg.distill)
-        meta = {"source": source, "model": None, "test_accuracy": None, "config": None}
+        meta = {"source": source, "model": None, "checkpoint": str(resolve_checkpoint(source)),
+                "test_accuracy": None, "config": None}
     teacher = load_teacher(source, data.classes, student_pcfg, device)
     meta["model"] = meta.get("model") or teacher.model.model_name
     _logger.info("distilling from %s (%s%s), %s labels, alpha %.2f%s", meta["model"], source,
-                 f", test accuracy {meta['test_accuracy']:.3f}" if meta.get("test_accuracy") is not None else "",
+                 f", {meta['test_accuracy']:.3f} on the test part" if meta.get("test_accuracy") is not None else "",
                  cfg.distill_type, cfg.distill_alpha, f", tau {cfg.distill_tau:g}" if cfg.distill_type == "soft" else "")
     return teacher, meta
 
