@@ -72,6 +72,13 @@ def teacher_config(cfg: FinetuneConfig, out_dir: Union[str, Path]) -> FinetuneCo
     return FinetuneConfig.from_recipe("scratch", **fields)
 
 
+def _logits(out: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+    """A teacher's float32 logits: a distilled teacher's two heads averaged, as at evaluation."""
+    if isinstance(out, (tuple, list)):
+        out = (out[0] + out[1]) / 2
+    return out.float()
+
+
 class Teacher(nn.Module):
     """A trained model that labels the student's batches: frozen, always in eval mode, in the
     run's precision. The batch it gets is normalised for the student (the student's mean / std
@@ -108,10 +115,7 @@ class Teacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, num_classes), float32, of the student's input batch ``x``."""
-        out = self.model(self.prepare(x))
-        if isinstance(out, (tuple, list)):
-            out = (out[0] + out[1]) / 2
-        return out.float()
+        return _logits(self.model(self.prepare(x)))
 
 
 def load_teacher(source: Union[str, Path], classes: Sequence[str], student_cfg: dict[str, Any],
@@ -253,10 +257,7 @@ def teacher_logits_and_map(teacher: "Teacher", x: Tensor, index: int) -> tuple[T
     with torch.no_grad():
         x = teacher.prepare(x)
         final, maps = teacher.model.forward_intermediates(x, indices=[index])
-        out = teacher.model.forward_head(final)
-        if isinstance(out, (tuple, list)):
-            out = (out[0] + out[1]) / 2
-    return out.float(), maps[0]
+        return _logits(teacher.model.forward_head(final)), maps[0]
 
 
 def tap_block_output(model: nn.Module, block: int) -> tuple[dict[str, Tensor], Any]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from vitfer.models.families import model_spec
 from vitfer.study_tables import (  # noqa: F401 - re-exported: the tables' data and formatting live there
     QUICK_MODELS,
     STUDY_MODELS,
@@ -110,12 +111,6 @@ class StudyCell:
     @property
     def out_dir(self) -> Path:
         return Path(self.cfg.out_dir)
-
-
-def model_spec(name: str):
-    from vitfer.models.families import model_spec as spec
-
-    return spec(name)
 
 
 def _resolve_model(name: str) -> tuple[str, str]:
