@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._compile import is_compiling
-from .residual import branch_output
+from .residual import branch_output, call_linear
 from .tracing import is_tracing
 
 __all__ = ["attention", "scaled_dot_product_attention", "Attention", "ATTENTION_IMPLS", "check_attention_args", "resolve_impl", "clear_scratch"]
@@ -389,7 +389,7 @@ class Attention(nn.Module):
         ``residual`` (B, N, C) the result is ``residual + attention(x)``, the residual being the
         accumulator of the output projection's GEMM (``residual`` itself is not modified)."""
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = call_linear(self.qkv, x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         p = self.attn_drop.p if self.training else 0.0
         if not return_attention and is_tracing():  # one traced node that TorchScript also compiles

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .attention import attention, check_attention_args, scaled_dot_product_attention
 from .block import LayerNorm6
 from .drop_path import DropPath
+from .residual import call_linear
 from .tracing import is_tracing
 
 torch.fx.wrap("scaled_dot_product_attention")  # one graph node under torch.fx (see attention.py)
@@ -128,8 +129,8 @@ class CrossAttention(nn.Module):
         B, N, C = x.shape
         H, hd = self.num_heads, self.head_dim
         qh = q.view(B, 1, H, hd).transpose(1, 2)
-        k = self.wk(x).view(B, N, H, hd).transpose(1, 2)
-        v = self.wv(x).view(B, N, H, hd).transpose(1, 2)
+        k = call_linear(self.wk, x).view(B, N, H, hd).transpose(1, 2)
+        v = call_linear(self.wv, x).view(B, N, H, hd).transpose(1, 2)
         if not return_attention and is_tracing():
             res = attention(qh, k, v, self.scale, p, self.impl)
         else:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .attention import CHUNK_BYTES, balanced_chunk, check_attention_args, resolve_impl
 from .drop_path import DropPath
 from .mlp import Mlp
-from .residual import branch_output, has_hooks
+from .residual import branch_output, call_linear, has_hooks
 from .tracing import is_tracing
 
 __all__ = ["GPSA", "GPSABlock", "attention_distance", "grid_distances", "rel_indices"]
@@ -345,8 +345,8 @@ class GPSA(nn.Module):
         ``get_attention`` (a change of about 1e-7).
         """
         self._check(x)
-        qk = self.qk(x)  # (B, N, 2C)
-        v = self.v(x)  # (B, N, C)
+        qk = call_linear(self.qk, x)  # (B, N, 2C)
+        v = call_linear(self.v, x)  # (B, N, C)
         pos = self.positional_attention(qk.dtype)  # (H, N, N), once for the whole batch
         gate = self.gating()
         p = self.attn_drop.p if self.training else 0.0

@@ -4,7 +4,7 @@ from typing import Callable, Optional
 
 from torch import Tensor, nn
 
-from .residual import activation, branch_output
+from .residual import activation, branch_output, call_linear
 
 __all__ = ["Mlp"]
 
@@ -43,5 +43,5 @@ class Mlp(nn.Module):
         """``fc2(drop(act(fc1(x))))``, or ``residual + ...`` of it with ``residual`` as the
         accumulator of fc2's GEMM (:func:`vitfer.layers.residual.linear_residual`); with
         ``inplace`` the caller allows ``residual`` to be overwritten when no gradient is needed."""
-        h = self.drop1(activation(self.act, self.fc1(x)))
+        h = self.drop1(activation(self.act, call_linear(self.fc1, x)))
         return branch_output(h, self.fc2, self.drop2, residual, inplace)

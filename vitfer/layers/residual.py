@@ -21,9 +21,12 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from . import gemm
+from .tracing import is_tracing
+
 __all__ = [
-    "act_inplace_if_no_grad", "activation", "branch_output", "fused_linear_residual", "has_hooks", "linear_residual",
-    "no_grad_needed",
+    "act_inplace_if_no_grad", "activation", "branch_output", "call_linear", "fused_linear_residual", "has_hooks",
+    "linear_residual", "no_grad_needed",
 ]
 
 
@@ -69,6 +72,10 @@ def _fused_linear_residual(
 ) -> Tensor:
     if not _fusable(x, weight, residual):
         return residual + torch.nn.functional.linear(x, weight, bias)
+    if gemm.uses_onednn(x, weight):  # oneDNN's GEMM, then the add (in place where allowed)
+        if inplace and no_grad_needed(x, residual, weight, *(() if bias is None else (bias,))):
+            return residual.add_(gemm.linear(x, weight, bias))
+        return gemm.linear(x, weight, bias, residual=residual)
     x2 = x.reshape(-1, x.shape[-1])
     r2 = residual.view(-1, residual.shape[-1])
     params = (weight,) if bias is None else (weight, bias)
@@ -93,6 +100,14 @@ def act_inplace_if_no_grad(h: Tensor, kind: str, approximate: str = "none") -> T
 
 torch.fx.wrap("fused_linear_residual")
 torch.fx.wrap("act_inplace_if_no_grad")
+
+
+def call_linear(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear(x)`` for a layer's own ``nn.Linear``: through :func:`vitfer.layers.gemm.linear`
+    (oneDNN on the CPU in fp32), or as a module call while torch.fx traces or a hook watches it."""
+    if is_tracing() or has_hooks(linear):
+        return linear(x)
+    return gemm.linear(x, linear.weight, linear.bias)
 
 
 def linear_residual(x: Tensor, linear: nn.Linear, residual: Tensor, inplace: bool = False) -> Tensor:

@@ -187,7 +187,10 @@ class ConViT(ClassTokenModel):
     def _embed(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> patch tokens with position embedding (B, N, D)."""
         check_input(x, self.in_chans, self.patch_embed.img_size, (self.model_name if len(self.model_name) > 0 else "ConViT"))
-        x = self.patch_embed(x)
+        # Tokens in (B, N, D) memory order: the patch embedding's transposed view would carry its
+        # (B, D, N) strides down every GPSA block's residual stream (each LayerNorm then copies it,
+        # and the residual adds cannot be fused into the GEMMs).
+        x = self.patch_embed(x).contiguous()
         if self.pos_embed is not None:
             x = x + self.pos_embed
         return self.pos_drop(x)
