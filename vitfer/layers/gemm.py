@@ -1,24 +1,22 @@
 """The transformer layers' Linear GEMMs on the CPU: oneDNN instead of the BLAS behind ``F.linear``.
 
-On x86 CPUs PyTorch runs an fp32 ``F.linear`` through its BLAS (MKL); oneDNN, which PyTorch ships
+On x86 CPUs PyTorch runs an fp32 ``F.linear`` through its BLAS (MKL). oneDNN, which PyTorch ships
 beside it (and uses for its own bf16 GEMMs and convolutions), picks its kernels by instruction set
-alone, where MKL is known to take slower paths on non-Intel CPUs (not checked here beyond the
-timings). On this project's 2-core AMD
-EPYC (AVX-512) ``benchmarks/gemm_backends.py`` measured, fp32, at the transformer blocks' shapes:
-forward 111-190 GFLOP/s through MKL against 160-207 through oneDNN, and the input gradient ``g W``
-98-185 against 164-210 (the spread is the machine's, from session to session; oneDNN came out ahead
-at every shape but the smallest and one tie). A/B in one process (``benchmarks/speed.py`` and
-alternating runs): ViT-B eval 1.16x, convit_tiny training 1.09x, vit_tiny eval 1.03x / training
-1.06x.
+alone; MKL is known to take slower paths on non-Intel CPUs (not checked here beyond the timings).
+On this project's 2-core AMD EPYC (AVX-512) ``benchmarks/gemm_backends.py`` measured, fp32, at the
+transformer blocks' shapes: forward 111-190 GFLOP/s through MKL against 160-207 through oneDNN,
+and the input gradient ``g W`` 98-185 against 164-210 (the spread is the machine's, from session
+to session; oneDNN came out ahead at every shape but the smallest and one tie). A/B in one process,
+the same model alternating between the two: ViT-B eval 1.16x, convit_tiny training 1.09x,
+vit_tiny eval 1.03x / training 1.06x.
 
 So, on the CPU in fp32, the layers' hot Linears (attention projections, the MLP, the residual
-branches' output GEMMs) call oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the kernel
-``torch.compile`` itself emits on the CPU); a residual add and the MLP's GELU follow in place at
+branches' output GEMMs) call oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, which
+``torch.compile`` emits on the CPU when it freezes weights); a residual add and the MLP's GELU follow in place at
 inference (oneDNN's post-ops measured no faster). In training a small autograd function gives the
 same kernel to the input gradient ``g W``; the weight gradient stays with ``torch.mm`` (oneDNN was
-slower there).
-Results differ from BLAS by float rounding (about 1e-7 relative), within the parity tolerances
-against timm.
+slower there). Results differ from BLAS by float rounding (about 1e-7 relative), within the
+parity tolerances against timm.
 
 Where it does not apply the plain ``F.linear`` runs: other devices and dtypes, autocast (PyTorch's
 bf16 GEMMs already use oneDNN), ``torch.compile`` / export / ``torch.jit.trace``, tiny GEMMs (a

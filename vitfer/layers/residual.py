@@ -72,14 +72,13 @@ def _fused_linear_residual(
 ) -> Tensor:
     if not _fusable(x, weight, residual):
         return residual + torch.nn.functional.linear(x, weight, bias)
+    params = (weight,) if bias is None else (weight, bias)
+    inplace = inplace and no_grad_needed(x, residual, *params)
     if gemm.uses_onednn(x, weight):  # oneDNN's GEMM, then the add (in place where allowed)
-        if inplace and no_grad_needed(x, residual, weight, *(() if bias is None else (bias,))):
-            return residual.add_(gemm.linear(x, weight, bias))
-        return gemm.linear(x, weight, bias, residual=residual)
+        return residual.add_(gemm.linear(x, weight, bias)) if inplace else gemm.linear(x, weight, bias, residual)
     x2 = x.reshape(-1, x.shape[-1])
     r2 = residual.view(-1, residual.shape[-1])
-    params = (weight,) if bias is None else (weight, bias)
-    if inplace and no_grad_needed(x, residual, *params):
+    if inplace:
         r2.addmm_(x2, weight.t())
         out = residual
     else:
