@@ -169,3 +169,21 @@ def test_mlp_head_trains_saves_and_loads_pretrained(tmp_path):
     assert not torch.equal(model.layer4[0].conv1.weight, ref.layer4[0].conv1.weight)  # trained
     with pytest.raises(ValueError, match="ResNet-D"):
         build_model(FinetuneConfig(model="vit_tiny_patch16_224", head="mlp"), 7)
+
+
+def test_the_distill_recipe_matches_the_teachers_soft_predictions_on_mixed_faces():
+    """Issue 26: on CK+48 (and other small face sets) the distill recipe's student learns the
+    teacher's soft predictions (tau 1) of the same mixup / CutMix images it sees, beside the labels
+    and the feature term (measured: README "The study's own transformers"); the synthetic faces,
+    plenty and few epochs, are not mixed."""
+    ck = FinetuneConfig.from_recipe("distill", dataset="ckplus48")
+    assert (ck.distill, ck.distill_type, ck.distill_tau, ck.distill_alpha, ck.distill_features) == (
+        "auto", "soft", 1.0, 0.5, 10.0)
+    assert (ck.mixup, ck.cutmix, ck.drop_path_rate, ck.epochs, ck.batch_size) == (0.2, 1.0, 0.0, 50, 16)
+    # JAFFE: the same, after pretraining on CK+48 (face crops)
+    jf = FinetuneConfig.from_recipe("distill", dataset="jaffe")
+    assert (jf.distill_type, jf.mixup, jf.cutmix, jf.pretrain, jf.epochs) == ("soft", 0.2, 1.0, "ckplus48", 60)
+    syn = FinetuneConfig.from_recipe("distill", dataset="synthetic")
+    assert (syn.mixup, syn.cutmix, syn.distill_type) == (0.0, 0.0, "soft")
+    # scratch with a plain transformer is this recipe
+    assert FinetuneConfig.from_recipe("scratch", model="crossvit_tiny_240", dataset="ckplus48").distill_type == "soft"

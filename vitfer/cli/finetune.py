@@ -87,7 +87,9 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
                    "the same for 60 epochs at lr 3e-4, on face crops, after pretraining on CK+48. distill (what "
                    "scratch means for a plain ViT, ConViT or CrossViT, which from scratch learn only from a teacher): "
                    "a resnet18d teacher trained first on the run's training part, then the transformer with a "
-                   "distillation token on the teacher's hard labels (DeiT), see --distill. thesis (the study: SGD lr 0.003, batch 10, 50 epochs, ImageNet weights at the "
+                   "distillation token on the teacher's soft predictions of the same mixup / CutMix faces and its "
+                   "patch tokens on the teacher's feature map, see --distill. thesis (the study: SGD lr 0.003, batch "
+                   "10, 50 epochs, ImageNet weights at the "
                    "model's size), thesis-resnet (frozen ResNet, 3-layer MLP head, Adam 5e-4), thesis-svm (frozen "
                    "features + linear SVM)")
     p.add_argument("--model", default=d.model, help="registered model name (`vitfer models`), or timm-style NAME.TAG")

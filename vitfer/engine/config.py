@@ -403,17 +403,19 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     # The study's own transformers (ViT, ConViT, CrossViT) without pretrained weights: DeiT's
     # distillation from a CNN teacher trained first on the run's training part (resnet18d under the
-    # scratch recipe, no mixing), a distillation token and head on the teacher's hard labels, and
-    # the feature term (a middle block's patch tokens regress the teacher's feature map); 48 px,
-    # 6-px patches, AdamW 1e-4, batch 16, no mixing or drop-path, bf16 where fast (measured: see
-    # README "Training transformers from scratch"). `scratch` with one of these models means it.
+    # scratch recipe, no mixing), a distillation token and head on the teacher's soft predictions
+    # (tau 1) of the same mixed (mixup 0.2 / CutMix) images the student sees, and the feature term
+    # (a middle block's patch tokens regress the teacher's feature map); 48 px, 6-px patches, AdamW
+    # 1e-4, batch 16, no drop-path, bf16 where fast (measured: see README "The study's own
+    # transformers"). `scratch` with one of these models means it.
     "distill": {
         "model": "convit_tiny", "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.05, "batch_size": 16,
         "warmup_steps": 100, "schedule": "cosine", "label_smoothing": 0.1, "drop_path_rate": 0.0, "amp": "auto",
-        "mixup": 0.0, "cutmix": 0.0, "distill": "auto", "distill_type": "hard", "distill_alpha": 0.5,
+        "mixup": 0.2, "cutmix": 1.0, "distill": "auto", "distill_type": "soft", "distill_alpha": 0.5,
         "distill_features": 10.0, "teacher": "resnet18d", "teacher_epochs": 30,
         "datasets": {
-            "synthetic": {"synthetic_n": 10000, "epochs": 7, "batch_size": 64,
+            # the procedural faces: plenty of them, few epochs, no mixing (as the scratch recipe)
+            "synthetic": {"synthetic_n": 10000, "epochs": 7, "batch_size": 64, "mixup": 0.0, "cutmix": 0.0,
                           "augment": {"rotation": 0.0, "translate": 0.0, "brightness": 0.0, "contrast": 0.0}},
             # CK+48 and other small face sets (702 training images on CK+48's subject split)
             "default": {"epochs": 50},
