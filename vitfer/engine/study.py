@@ -155,9 +155,9 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
                 # transformers from scratch learn from a CNN teacher (DeiT's distillation): one teacher a
                 # dataset, trained first on the same training part, shared by the transformer rows. In
                 # 25 epochs the teacher's hard labels without mixing or drop-path (QUICK_DISTILL_FIELDS):
-                # the distill recipe's soft predictions of mixed faces need its 50 (measured on CK+48's
-                # random split, 25 epochs: convit_tiny 82.0 / crossvit 66.5 / hybrid 75.5 with them,
-                # 83.0 / 71.5 / 77.0 without)
+                # the distill recipe's soft predictions of mixed faces did worse there (measured on
+                # CK+48's random split, 25 epochs, one seed: convit_tiny 82.0 / crossvit 66.5 / hybrid
+                # 75.5 with them, 83.0 / 71.5 / 77.0 without)
                 fields.update(pretrained=False, epochs=QUICK_DISTILL_EPOCHS, pretrain=None, crop_faces=False,
                               drop_path_rate=0.0, distill=str(root / TEACHER_FOLDER),
                               teacher_epochs=QUICK_TEACHER_EPOCHS, **QUICK_DISTILL_FIELDS)
