@@ -39,7 +39,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 def _history(out: Path) -> list[dict]:
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
-        r.pop("seconds"), r.pop("images_per_s")
+        r.pop("seconds"), r.pop("images_per_s"), r.pop("phase_seconds"), r.pop("val_seconds", None)
     return rows
 
 

@@ -356,3 +356,20 @@ def test_a_state_recorded_before_configs_were_resolved_still_resumes(tmp_path):
     atomic_save_safetensors(tensors, run / STATE_FILE, {"vitfer_train_state": json.dumps(info)})
     res = finetune(_tiny(tmp_path, epochs=2, amp="auto"), resume=True)
     assert [h["epoch"] for h in res["history"]] == [1, 2]
+
+
+def test_epoch_records_say_where_the_training_time_went(tmp_path):
+    """Each epoch's record splits its training time into the loop's phases (data, forward,
+    backward, optimizer, other), which account for the epoch's ``seconds``, and times validation
+    apart; the file and the returned history agree."""
+    from vitfer.engine.loop import PHASES
+
+    res = finetune(_tiny(tmp_path, epochs=2))
+    rows = [json.loads(ln) for ln in (Path(res["out_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase_seconds"] for r in rows] == [h["phase_seconds"] for h in res["history"]]
+    for rec in res["history"]:
+        split = rec["phase_seconds"]
+        assert tuple(split) == PHASES and all(v >= 0 for v in split.values())
+        assert split["forward"] > 0 and split["backward"] > 0 and split["optimizer"] > 0
+        assert sum(split.values()) == pytest.approx(rec["seconds"], rel=0.05, abs=0.02)
+        assert rec["val_seconds"] > 0

@@ -36,6 +36,21 @@ from .runs import STATE_FILE, load_train_state, save_train_state
 
 _logger = logging.getLogger(__name__)
 
+#: Where an epoch's training time goes (``metrics.jsonl``'s ``phase_seconds``, summed over its
+#: steps): ``data`` (the loader: decoding, augmentation, collation; and mixup / CutMix),
+#: ``forward`` (the model's and the teacher's forward and the loss), ``backward``, ``optimizer``
+#: (the step and the weight average) and ``other`` (the batch's metrics and the callbacks). Times
+#: are the host's: on CUDA, where kernels run asynchronously, a phase's GPU work mostly shows up
+#: where the host next waits for it (``other``, which reads the loss).
+PHASES = ("data", "forward", "backward", "optimizer", "other")
+
+
+def _lap(phases: dict[str, float], phase: str, since: float) -> float:
+    """Add the time since ``since`` to ``phases[phase]``; returns now."""
+    now = time.perf_counter()
+    phases[phase] += now - since
+    return now
+
 
 def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine") -> float:
     """Linear warm-up to ``peak``, then cosine decay to zero (or ``peak`` held: ``constant``)."""
@@ -187,8 +202,10 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
         train_set.set_epoch(epoch)
         set_train_mode(train_model)
         t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        phases = dict.fromkeys(PHASES, 0.0)
         for cb in callbacks:
             cb.on_epoch_start({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step, "steps_per_epoch": steps_per_epoch})
+        t_mark = time.perf_counter()
         for b, (x, y) in enumerate(loader):
             if step >= total:
                 break
@@ -200,6 +217,7 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
                 x, target, _ = mix_batch(dist.gather(x, part), dist.gather(y, part), data.num_classes, mixup=cfg.mixup,
                                          cutmix=cfg.cutmix, smoothing=cfg.label_smoothing, seed=cfg.seed, step=step,
                                          rows=part.rows)
+            t_mark = _lap(phases, "data", t_mark)
             with autocast(device, cfg.amp), global_batch(part.start, part.total):
                 out = train_model(x)
                 t_map = None
@@ -225,26 +243,33 @@ def train_and_test(ctx: RunContext) -> dict[str, Any]:
                     f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr "
                     f"{opt.param_groups[0]['lr']:.3g}): lower the learning rate (--lr){kept}"
                 )
+            t_mark = _lap(phases, "forward", t_mark)
             opt.zero_grad(set_to_none=True)
             (loss * part.weight).backward()
+            t_mark = _lap(phases, "backward", t_mark)
             opt.step()
             step += 1
             if ema is not None:
                 ema.update(model, step)
+            t_mark = _lap(phases, "optimizer", t_mark)
             b_loss, b_correct, b_n = dist.sum(loss.item() * y.numel(), (logits.argmax(-1) == y).sum().item(), y.numel())
             loss_sum, correct, seen = loss_sum + b_loss, correct + b_correct, seen + b_n
             for cb in callbacks:
                 cb.on_step({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step, "steps_per_epoch": steps_per_epoch,
                             "loss": b_loss / max(1, b_n), "accuracy": b_correct / max(1, b_n), "images": b_n})
+            t_mark = _lap(phases, "other", t_mark)
         seconds = time.perf_counter() - t0
         train_time += seconds
         rec: dict[str, Any] = {
             "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(1, seen),
             "train_accuracy": correct / max(1, seen), "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9),
+            "phase_seconds": {k: round(v, 4) for k, v in phases.items()},
         }
         if val_set is not None:
+            t_val = time.perf_counter()
             v = evaluate(eval_model, val_set, device=device, num_classes=data.num_classes, amp=cfg.amp)
-            rec.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
+            rec.update(val_loss=v["loss"], val_accuracy=v["accuracy"],
+                       val_seconds=round(time.perf_counter() - t_val, 4))
         history.append(rec)
         better = best is None or val_set is None or (rec["val_accuracy"], -rec["val_loss"]) > (
             best["val_accuracy"], -best["val_loss"]
