@@ -3,7 +3,8 @@
 
     python benchmarks/train_profile.py                                        # scratch recipe, synthetic faces
     python benchmarks/train_profile.py --dataset ckplus48 --data-dir /path/to/datasets --split subject
-    python benchmarks/train_profile.py --recipe distill --model convit_tiny --dataset ckplus48 --data-dir ...
+    python benchmarks/train_profile.py --recipe distill --model convit_tiny --dataset ckplus48 \\
+        --data-dir /path/to/datasets --split subject --distill runs/a-distill-run/teacher
 
 It runs a short ``vitfer finetune`` (``--epochs``, in a temporary folder) and prints, from the
 epochs' records (``metrics.jsonl``'s ``phase_seconds``, see ``vitfer.engine.loop.PHASES``), the
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=None, help="data loader processes (default: the config's)")
+    p.add_argument("--distill", default=None, metavar="TEACHER",
+                   help="a teacher checkpoint or run folder (the distill recipe otherwise trains one first)")
     args = p.parse_args(argv)
 
     from vitfer.engine import FinetuneConfig, finetune
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     fields = {"dataset": args.dataset, "epochs": args.epochs, "seed": args.seed}
-    for key in ("model", "data_dir", "split"):
+    for key in ("model", "data_dir", "split", "num_workers", "distill"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     with tempfile.TemporaryDirectory() as tmp:

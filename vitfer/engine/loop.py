@@ -40,8 +40,9 @@ _logger = logging.getLogger(__name__)
 #: steps): ``data`` (the loader: decoding, augmentation, collation; and mixup / CutMix),
 #: ``forward`` (the model's and the teacher's forward and the loss), ``backward``, ``optimizer``
 #: (the step and the weight average) and ``other`` (the batch's metrics and the callbacks). Times
-#: are the host's: on CUDA, where kernels run asynchronously, a phase's GPU work mostly shows up
-#: where the host next waits for it (``other``, which reads the loss).
+#: are the host's: on CUDA, where kernels run asynchronously, GPU work shows up where the host
+#: waits for it (the check that the loss is finite, which ends ``forward``, and the loss read in
+#: ``other``), not in the phase that queued it.
 PHASES = ("data", "forward", "backward", "optimizer", "other")
 
 
