@@ -31,11 +31,11 @@ def test_matmul_shapes_finds_every_product_of_a_vit_forward(bench, backend):
     if backend == "onednn" and not gemm.onednn_linear_available():
         pytest.skip("no oneDNN linear operator in this torch build")
     model = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=7).eval()
-    set_gemm_backend(backend)
+    previous = set_gemm_backend(backend)
     try:
         shapes = bench.matmul_shapes(model, torch.randn(4, 3, 32, 32), amp=False)
     finally:
-        set_gemm_backend("auto")
+        set_gemm_backend(previous)
     rows = 4 * 17  # 16 patches and the class token
     linears = sorted(s for s in shapes if s[0] == 1 and s[1] == rows)
     assert linears == sorted([(1, rows, 192, 576), (1, rows, 192, 192), (1, rows, 192, 768), (1, rows, 768, 192)] * 2)
