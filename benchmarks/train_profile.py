@@ -20,6 +20,7 @@ less arithmetic, not a faster kernel.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import statistics
 import sys
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     amp = run_cfg["amp"] == "bf16"
     dtype = torch.bfloat16 if amp else torch.float32
-    kw = {"num_classes": 7, "img_size": run_cfg["img_size"]}
+    kw = {**(run_cfg.get("model_overrides") or {}), "num_classes": len(res["classes"]), "img_size": run_cfg["img_size"]}
     if run_cfg.get("patch_size") not in (None, "auto"):
         kw["patch_size"] = run_cfg["patch_size"]
     model = create_model(run_cfg["model"], **kw).eval()
@@ -162,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     shapes = matmul_shapes(model, x, amp)
     big = max(gemm_rate(1, n, n, n, dtype, repeats=5) for n in (256, 512, 1024, 2048))
-    counts: dict[tuple[int, int, int, int], int] = {}
-    for s in shapes:
-        counts[s] = counts.get(s, 0) + 1
+    counts = collections.Counter(shapes)
     print(f"\nThe model's matrix products in one forward at batch {x.shape[0]} ({dtype}; the best square product "
           f"from 256^3 to 2048^3: {big:.0f} GFLOP/s)\n")
     print("| batch x rows x inner -> cols | calls | GFLOP/s | of the best square rate |\n|---|---:|---:|---:|")
