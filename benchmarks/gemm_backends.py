@@ -28,7 +28,9 @@ SHAPES = [
 ]
 
 
-def _time(fn, repeats: int, min_time: float = 0.05) -> float:
+def time_call(fn, repeats: int, min_time: float = 0.05) -> float:
+    """Seconds a call of ``fn`` takes: the median of ``repeats`` runs, each calling it for at least
+    ``min_time`` seconds (after three warm-up calls)."""
     for _ in range(3):
         fn()
     runs = []
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: op.binary(x, r, w, b, "add"),
             lambda: op(x, w, b, "none", [], "").add_(r),
         ]
-        vals = [flop / _time(fn, args.repeats) for fn in cells]
+        vals = [flop / time_call(fn, args.repeats) for fn in cells]
         print(f"| {m} x {k} -> {n} | " + " | ".join(f"{v:.0f}" for v in vals) + " |", flush=True)
     return 0
 

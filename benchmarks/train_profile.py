@@ -25,27 +25,22 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gemm_backends' timer
 
 
 def gemm_rate(b: int, m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 10) -> float:
     """GFLOP/s of ``b`` products ``(m, k) @ (k, n)`` (one batched product when ``b > 1``) in
-    ``dtype``, the median of ``repeats`` timings."""
+    ``dtype`` (:func:`gemm_backends.time_call`: the median of ``repeats`` runs)."""
+    from gemm_backends import time_call
+
     shape_a, shape_b = ((b, m, k), (b, k, n)) if b > 1 else ((m, k), (k, n))
     x, y = torch.randn(*shape_a).to(dtype), torch.randn(*shape_b).to(dtype)
-    for _ in range(2):
-        x @ y
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        x @ y
-        times.append(time.perf_counter() - t)
-    return 2.0 * b * m * k * n / statistics.median(times) / 1e9
+    return 2.0 * b * m * k * n / time_call(lambda: x @ y, repeats) / 1e9
 
 
 #: The operators that do a forward's matrix products (the fp32 oneDNN path's included), and where
