@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vitfer.cli import main
 from vitfer.engine.study import (
-    QUICK_DISTILL_EPOCHS, QUICK_MODELS, QUICK_TEACHER_EPOCHS, STUDY_MODELS, STUDY_RESULTS, StudyConfig,
+    QUICK_DISTILL_EPOCHS, QUICK_EPOCHS, QUICK_MODELS, QUICK_TEACHER_EPOCHS, STUDY_MODELS, STUDY_RESULTS, StudyConfig,
     format_duration, run_study, study_cells,
 )
 
@@ -31,7 +31,8 @@ def test_default_grid_is_the_studys_and_quick_uses_small_variants(tmp_path):
     assert [c.cfg.model for c in quick[:7]] == [QUICK_MODELS[s][0] for s, _ in STUDY_MODELS]
     assert all(not c.cfg.pretrained and c.cfg.pretrain is None for c in quick)
     cnn = [c for c in quick if c.study_name in ("resnet50d", "vgg16", "vgg19")]
-    assert len(cnn) == 6 and all(c.cfg.recipe == "scratch" and c.cfg.epochs == 5 and c.teacher is None
+    assert len(cnn) == 6 and all(c.cfg.recipe == "scratch" and c.cfg.epochs == QUICK_EPOCHS == 10
+                                 and c.teacher is None
                                  and c.cfg.distill is None for c in cnn)
     # issue 26: the transformer rows learn from one CNN teacher a dataset, trained first on the same
     # training part (the plain transformers under the distill recipe, with a distillation token)

@@ -25,8 +25,8 @@ def add_study(sub: argparse._SubParsersAction) -> None:
         "(OUT/<dataset>/<model>; subject-independent folds in OUT/<dataset>/<model>-subject/fold-K). A rerun skips "
         "finished cells and resumes an interrupted one. Writes OUT/tables.md and OUT/tables.csv: the study's Tables "
         "4.1 (CK+48) and 4.2 (JAFFE), its numbers beside ours. --quick: small models of the same families from "
-        "scratch (48 px, the scratch recipe: the CNNs 5 epochs, the transformers 25 on the hard labels of a resnet18d "
-        "teacher trained first, at lr 3e-4), about 20 min on a 2-core CPU, not the study's setting.",
+        "scratch (48 px, the scratch recipe: the CNNs 10 epochs, the transformers 25 on the hard labels of a resnet18d "
+        "teacher trained first, at lr 3e-4), about 25 min on a 2-core CPU, not the study's setting.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data-dir", default=None, help="folder holding ckplus48/ and jaffe/ (default $VITFER_DATA_DIR)")
@@ -40,7 +40,8 @@ def add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subject-folds", type=int, default=None,
                    help="subject-independent folds for the extra columns (0: not run; default 5, with --quick 0)")
     p.add_argument("--recipe", default=None, choices=tuple(RECIPES), help="default: thesis (--quick: scratch)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs (--quick: 5, the transformers 25 and their teacher 20; "
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="override the recipe's epochs (--quick: 10, the transformers 25 and their teacher 20; "
                    "--epochs sets all of them)")
     p.add_argument("--quick", action="store_true",
                    help="the CPU version: small variants, no pretrained weights, scratch recipe, the transformers distilled")
