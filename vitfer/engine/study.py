@@ -150,7 +150,7 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
             label = study or model
             if cfg.quick and study:
                 model, overrides, label = QUICK_MODELS[study]
-            fields = {"seed": cfg.seed, "device": cfg.device, **cfg.extra}
+            fields: dict[str, Any] = {"seed": cfg.seed, "device": cfg.device}
             root = Path(cfg.out_dir).expanduser() / dataset
             distilled = cfg.quick and model_spec(model).family not in CNN_FAMILIES
             if cfg.quick and not distilled:
@@ -169,7 +169,7 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
                 fields.update(pretrained=False, epochs=QUICK_DISTILL_EPOCHS, pretrain=None, crop_faces=False,
                               drop_path_rate=0.0, distill=str(root / TEACHER_FOLDER),
                               teacher_epochs=QUICK_TEACHER_EPOCHS, **QUICK_DISTILL_FIELDS)
-            fields.update(cfg.extra)  # what the caller set for every cell wins over quick's settings
+            fields.update(cfg.extra)  # what the caller set for every cell wins over quick's settings and the seed
             if cfg.epochs is not None:
                 fields["epochs"] = cfg.epochs
                 if distilled:
