@@ -153,10 +153,12 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
             fields: dict[str, Any] = {"seed": cfg.seed, "device": cfg.device}
             root = Path(cfg.out_dir).expanduser() / dataset
             distilled = cfg.quick and model_spec(model).family not in CNN_FAMILIES
+            if cfg.quick:
+                # from scratch on the study's inputs (whole photos, one dataset at a time); no drop-path
+                # in so few epochs
+                fields.update(pretrained=False, pretrain=None, crop_faces=False, drop_path_rate=0.0)
             if cfg.quick and not distilled:
-                # the study's inputs (whole photos, one dataset at a time), and no mixing in so few epochs
-                fields.update(pretrained=False, epochs=QUICK_EPOCHS, pretrain=None, crop_faces=False, mixup=0.0,
-                              cutmix=0.0, drop_path_rate=0.0)
+                fields.update(epochs=QUICK_EPOCHS, mixup=0.0, cutmix=0.0)  # no mixing in so few epochs
             elif distilled:
                 # transformers from scratch learn from a CNN teacher (DeiT's distillation): one teacher a
                 # dataset, trained first on the same training part, shared by the transformer rows. In
@@ -166,8 +168,7 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
                 # 82.0 / crossvit 66.5 / hybrid 75.5, against 83.0 / 71.5 / 77.0 with hard labels at the
                 # recipes' own lr, 1e-4 and the hybrid's 1e-3); hard labels at 3e-4 gave convit_tiny
                 # 91.5 / crossvit 87.0 / hybrid 87.5 / vit_tiny 86.0 (vit_tiny 68.0 at 1e-4)
-                fields.update(pretrained=False, epochs=QUICK_DISTILL_EPOCHS, pretrain=None, crop_faces=False,
-                              drop_path_rate=0.0, distill=str(root / TEACHER_FOLDER),
+                fields.update(epochs=QUICK_DISTILL_EPOCHS, distill=str(root / TEACHER_FOLDER),
                               teacher_epochs=QUICK_TEACHER_EPOCHS, **QUICK_DISTILL_FIELDS)
             fields.update(cfg.extra)  # what the caller set for every cell wins over quick's settings and the seed
             if cfg.epochs is not None:
