@@ -5,7 +5,9 @@ For each model: both implementations get identical weights and inputs; eval thro
 ``torch.no_grad``) and one SGD training step (batch 10, cross-entropy, 7 classes) are timed in
 alternating order over several repeats, and the median of the per-repeat ratios vitfer/timm is
 reported (ratio > 1: vitfer faster). Absolute numbers drift on shared machines; the ratios are
-what to compare.
+what to compare. Each model runs in a fresh process of its own (``--in-process``: all in this one):
+the heap a model's training steps leave behind changes how the next model's allocations fault
+(on 2026-12-05 vit_tiny's eval ratio was 0.98 after five other models in one process, 1.12 alone).
 
     python benchmarks/speed.py vit_tiny_patch16_224 vit_base_patch16_224
     python benchmarks/speed.py convit_tiny --device cuda --amp bf16
@@ -16,10 +18,12 @@ default fused one (``TIMM_FUSED_ATTN`` unset).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -128,6 +132,27 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def bench_isolated(name: str, args: argparse.Namespace) -> list[dict]:
+    """:func:`bench_model` of ``name`` in a fresh Python process (its progress on stderr), so that no
+    other model's allocation history skews it; the rows come back as JSON."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vitfer-speed-") as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), name, "--in-process", "--json", str(out),
+               "--device", args.device, "--amp", args.amp, "--modes", *args.modes,
+               "--eval-batch", str(args.eval_batch), "--train-batch", str(args.train_batch),
+               "--num-classes", str(args.num_classes), "--repeats", str(args.repeats),
+               "--warmup", str(args.warmup), "--min-time", str(args.min_time)]
+        if getattr(args, "threads", None):
+            cmd += ["--threads", str(args.threads)]
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+        if done.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"benchmarking {name} in its own process failed (exit {done.returncode})")
+        return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="registered vitfer model names that timm also has")
@@ -141,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--min-time", type=float, default=0.5, help="seconds per timed segment")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--in-process", action="store_true",
+                   help="benchmark every model in this process instead of a fresh one each")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     rows = []
     for name in args.models:
-        rows += bench_model(name, args)
+        isolate = not args.in_process and len(args.models) > 1
+        rows += bench_isolated(name, args) if isolate else bench_model(name, args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows))
     cuda = args.device.startswith("cuda")
     head = "| model | mode | batch | vitfer img/s | timm img/s | median ratio vitfer/timm | max abs diff (logits) |"
     sep = "|---|---|---|---|---|---|---|"

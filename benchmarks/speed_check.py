@@ -6,7 +6,8 @@ ratio); exits with status 1 when a family's median ratio vitfer/timm drops below
     python benchmarks/speed_check.py                 # every family, about 10-15 min on 2 cores
     python benchmarks/speed_check.py --models convit_tiny vit_tiny_patch16_224
 
-Run it on a quiet machine: on a loaded one single ratios swing by +-0.2.
+Run it on a quiet machine: on a loaded one single ratios swing by +-0.2. Each model runs in a fresh
+process of its own (``speed.bench_isolated``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import bench_model  # noqa: E402
+from speed import bench_isolated  # noqa: E402
 
 FAMILY_MODELS = {
     "vit": "vit_tiny_patch16_224",
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---|")
     slow = []
     for name in args.models:
-        for row in bench_model(name, bench_args):
+        for row in bench_isolated(name, bench_args):
             ok = row["ratio"] >= args.min_ratio
             if not ok:
                 slow.append(f"{name} {row['mode']} {row['ratio']:.3f}")
