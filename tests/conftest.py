@@ -6,6 +6,7 @@ Real-data tests take the dataset folder from ``VITFER_DATA_DIR`` (CI points it a
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -38,3 +39,20 @@ def data_root() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark(name)``: ``benchmarks/<name>.py`` loaded as a module (the scripts are not a
+    package), for tests of their measuring parts."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -4,21 +4,13 @@ JSON. The timings themselves are not asserted (no wall-clock assertions in tests
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-
-
 @pytest.fixture(scope="module")
-def speed():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def speed(load_benchmark):
+    return load_benchmark("speed")
 
 
 def _fake_rows(name, args):

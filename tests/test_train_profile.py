@@ -2,8 +2,6 @@
 real recipe and is not part of the suite)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,15 +9,10 @@ import torch
 from vitfer.layers import set_gemm_backend
 from vitfer.models import create_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_profile.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("train_profile", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark):
+    return load_benchmark("train_profile")
 
 
 @pytest.mark.parametrize("backend", ["blas", "onednn"])
