@@ -145,7 +145,7 @@ def bench_isolated(name: str, args: argparse.Namespace) -> list[dict]:
                "--eval-batch", str(args.eval_batch), "--train-batch", str(args.train_batch),
                "--num-classes", str(args.num_classes), "--repeats", str(args.repeats),
                "--warmup", str(args.warmup), "--min-time", str(args.min_time)]
-        if getattr(args, "threads", None):
+        if args.threads:
             cmd += ["--threads", str(args.threads)]
         done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
         if done.returncode != 0 or not out.is_file():
@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, amp {args.amp}",
           file=sys.stderr)
     rows = []
+    bench = bench_isolated if not args.in_process and len(args.models) > 1 else bench_model
     for name in args.models:
-        isolate = not args.in_process and len(args.models) > 1
-        rows += bench_isolated(name, args) if isolate else bench_model(name, args)
+        rows += bench(name, args)
     if args.json is not None:
         args.json.write_text(json.dumps(rows))
     cuda = args.device.startswith("cuda")

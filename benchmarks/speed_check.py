@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     bench_args = argparse.Namespace(
         device="cpu", amp="none", modes=args.modes, eval_batch=8, train_batch=10, num_classes=7,
-        repeats=args.repeats, warmup=2, min_time=0.3,
+        repeats=args.repeats, warmup=2, min_time=0.3, threads=None,
     )
     print("| model | mode | vitfer img/s | timm img/s | median ratio | |")
     print("|---|---|---:|---:|---:|---|")

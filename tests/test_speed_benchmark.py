@@ -8,9 +8,16 @@ import json
 
 import pytest
 
+
 @pytest.fixture(scope="module")
 def speed(load_benchmark):
     return load_benchmark("speed")
+
+
+def _child_args() -> argparse.Namespace:
+    """The smallest measurement: one eval repeat of batch 1 on one thread."""
+    return argparse.Namespace(device="cpu", amp="none", modes=["eval"], eval_batch=1, train_batch=1,
+                              num_classes=7, repeats=1, warmup=0, min_time=0.01, threads=1)
 
 
 def _fake_rows(name, args):
@@ -45,8 +52,7 @@ def test_a_single_model_runs_here(speed, monkeypatch):
 def test_bench_isolated_measures_in_a_child_process(speed):
     """The real thing, small: one eval repeat of vit_tiny against timm in a child process; the rows
     come back with the logits' agreement."""
-    args = argparse.Namespace(device="cpu", amp="none", modes=["eval"], eval_batch=1, train_batch=1,
-                              num_classes=7, repeats=1, warmup=0, min_time=0.01, threads=1)
+    args = _child_args()
     rows = speed.bench_isolated("vit_tiny_patch16_224", args)
     assert len(rows) == 1
     row = rows[0]
@@ -56,7 +62,6 @@ def test_bench_isolated_measures_in_a_child_process(speed):
 
 
 def test_bench_isolated_names_the_model_that_failed(speed):
-    args = argparse.Namespace(device="cpu", amp="none", modes=["eval"], eval_batch=1, train_batch=1,
-                              num_classes=7, repeats=1, warmup=0, min_time=0.01, threads=1)
+    args = _child_args()
     with pytest.raises(RuntimeError, match="no_such_model"):
         speed.bench_isolated("no_such_model", args)
