@@ -102,6 +102,28 @@ def test_moved_gates_without_a_trend_say_the_finding_does_not_show():
     assert s.moved and s.trend == "none" and not s.later_less_positional
     assert "no consistent trend with depth" in s.verdict and "does not show here" in s.verdict
     assert s.spearman == pytest.approx(spearman(np.arange(10), means))
+    assert s.peak_layer is None and "peaks" not in s.verdict  # layer 8 is as high as layer 2
+
+
+def test_a_peak_in_a_middle_layer_is_named_when_there_is_no_trend():
+    """The shape measured on CK+48 with the gates learning 30x faster (README): up to layer 6, down after it."""
+    m = _convit()
+    means = np.array([0.81, 0.82, 0.85, 0.90, 0.90, 0.91, 0.83, 0.82, 0.83, 0.84])
+    _set_gates(m, np.repeat(means[:, None], 4, axis=1))
+    s = gpsa_gates(m)
+    assert s.moved and s.trend == "none" and s.peak_layer == 6 and not s.later_less_positional
+    assert "no consistent trend with depth" in s.verdict
+    assert ("It peaks in a middle layer instead: GPSA layer 6 at 0.91, against 0.86 on average in layers 1-5 and "
+            "0.83 in layers 7-10: the layers after it are less positional than it is.") in s.verdict
+    assert s.to_dict()["peak_layer"] == 6
+    # a later layer as high as the peak, or a peak in the first or last layer: no peak named
+    for other in (np.where(np.arange(10) == 8, 0.91, means), np.r_[0.95, means[1:]], np.r_[means[:-1], 0.95]):
+        _set_gates(m, np.repeat(other[:, None], 4, axis=1))
+        s = gpsa_gates(m)
+        assert s.peak_layer is None and "peaks" not in s.verdict, other
+    # one layer shy of the threshold above the next: none either
+    _set_gates(m, np.repeat(np.where(np.arange(10) == 6, 0.91 - 0.9 * GATE_ATOL, means)[:, None], 4, axis=1))
+    assert gpsa_gates(m).peak_layer is None
 
 
 def test_moved_threshold_is_on_the_largest_head_change():

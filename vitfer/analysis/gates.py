@@ -23,6 +23,10 @@ The numbers behind the verdict:
   the GPSA layers, ``slope * (L - 1)``, below ``-GATE_ATOL`` and the last layer's mean below the
   first's by more than ``GATE_ATOL``; "increasing" the mirror image; anything else is "no
   consistent trend". One GPSA layer has no trend.
+* **peak**: without a trend, a mean gate that is highest in a middle layer, above every layer
+  after it and the average of the layers before it by more than ``GATE_ATOL``, is named in the
+  verdict with the averages before and after it (a rise and a fall around a middle layer, which a
+  straight fit over depth does not see).
 * **early layers positional**: the first GPSA layer's mean gate is at least :data:`POSITIONAL`
   (0.5: the positional part of the mix outweighs the content part).
 
@@ -57,7 +61,9 @@ class GPSAGates:
     ``gates``, ``init``: (L, H) arrays (GPSA layers, heads); ``layer_mean``: (L,); ``slope``:
     least-squares change of the layer mean a layer; ``spearman``: rank correlation of the layer
     mean with depth (NaN with one layer or constant means); ``trend``: ``"decreasing"``,
-    ``"increasing"``, ``"none"`` or ``"n/a"`` (fewer than two GPSA layers).
+    ``"increasing"``, ``"none"`` or ``"n/a"`` (fewer than two GPSA layers); ``peak_layer``: the
+    1-based GPSA layer of the highest mean gate when, without a trend, it is a middle layer above
+    every layer after it and the layers before it on average (see the module docstring), else None.
     """
 
     gates: np.ndarray
@@ -70,6 +76,7 @@ class GPSAGates:
     trend: str
     first_positional: bool
     verdict: str
+    peak_layer: int | None = None
 
     @property
     def init_level(self) -> float:
@@ -92,6 +99,7 @@ class GPSAGates:
             "layer_mean": self.layer_mean.tolist(), "max_change": self.max_change, "moved": self.moved,
             "slope": num(self.slope), "spearman": num(self.spearman), "trend": self.trend,
             "first_positional": self.first_positional, "later_less_positional": self.later_less_positional,
+            "peak_layer": self.peak_layer,
             "thresholds": {"moved_atol": GATE_ATOL, "positional": POSITIONAL}, "verdict": self.verdict,
         }
 
@@ -136,8 +144,26 @@ def init_gates(model: nn.Module) -> np.ndarray:
         return fresh.gating_values().double().numpy()
 
 
+def _peak_layer(means: np.ndarray, trend: str) -> int | None:
+    """The 1-based layer of the highest of ``means`` when ``trend`` is ``"none"`` and it is a middle
+    layer whose mean is above every layer after it and the average of the layers before it by more
+    than :data:`GATE_ATOL`; else None."""
+    if trend != "none" or len(means) < 3:
+        return None
+    p = int(np.argmax(means))
+    if not 0 < p < len(means) - 1:
+        return None
+    if means[p] - means[:p].mean() > GATE_ATOL and means[p] - means[p + 1:].max() > GATE_ATOL:
+        return p + 1
+    return None
+
+
+def _layers(first: int, last: int) -> str:
+    return f"layer {first}" if first == last else f"layers {first}-{last}"
+
+
 def _verdict(init_level: float, max_change: float, moved: bool, means: np.ndarray, slope: float, rho: float,
-             trend: str, first_positional: bool) -> str:
+             trend: str, first_positional: bool, peak: int | None = None) -> str:
     n = len(means)
     if not moved:
         return (f"The gates have not moved from their initial {init_level:.3f} (largest change over the heads "
@@ -160,6 +186,11 @@ def _verdict(init_level: float, max_change: float, moved: bool, means: np.ndarra
     else:
         out.append(f"The mean gate shows no consistent trend with depth ({trend_numbers}): the ConViT paper's "
                    "finding that later layers become less positional does not show here.")
+        if peak is not None:
+            out.append(f"It peaks in a middle layer instead: GPSA layer {peak} at {means[peak - 1]:.2f}, against "
+                       f"{means[: peak - 1].mean():.2f} on average in {_layers(1, peak - 1)} and "
+                       f"{means[peak:].mean():.2f} in {_layers(peak + 1, n)}: the layers after it are less "
+                       "positional than it is.")
     if first_positional:
         out.append(f"The first GPSA layer stays positional (mean gate {means[0]:.2f}, at least {POSITIONAL:g}), as "
                    "in the paper.")
@@ -205,8 +236,10 @@ def gpsa_gates(model: nn.Module) -> GPSAGates:
         slope, rho, trend = float("nan"), float("nan"), "n/a"
     first_positional = bool(means[0] >= POSITIONAL)
     init_level = float(init.mean())
+    peak = _peak_layer(means, trend) if moved else None
     return GPSAGates(
         gates=g, init=init, layer_mean=means, max_change=max_change, moved=moved, slope=slope, spearman=rho,
         trend=trend, first_positional=first_positional,
-        verdict=_verdict(init_level, max_change, moved, means, slope, rho, trend, first_positional),
+        verdict=_verdict(init_level, max_change, moved, means, slope, rho, trend, first_positional, peak),
+        peak_layer=peak,
     )

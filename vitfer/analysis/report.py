@@ -303,7 +303,9 @@ def _gates_lines(run: dict[str, Any], model: Any, out: Path, figures: list[Path]
     lines += ["", f"**Verdict:** {s.verdict}", "",
               f"Rules: the gates moved if some head changed by more than {GATE_ATOL:g}; the mean gate falls (rises) "
               f"with depth if its least-squares fit and its last-minus-first layer difference both fall (rise) by more "
-              f"than {GATE_ATOL:g} over the GPSA layers; a layer is positional at a mean gate of at least "
+              f"than {GATE_ATOL:g} over the GPSA layers; without such a trend, a middle layer whose mean gate is above "
+              f"every later layer's and the earlier layers' average by more than {GATE_ATOL:g} is named as a peak; "
+              f"a layer is positional at a mean gate of at least "
               f"{POSITIONAL:g}. The numbers: [{jpath.name}]({jpath.name}).", ""]
     return lines + _show("GPSA gates", name)
 
