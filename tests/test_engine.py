@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -290,6 +291,26 @@ def test_two_epochs_on_real_ckplus48(data_root, tmp_path):
     assert sum(res["split_sizes"].values()) == 981 and res["test_subjects"]
     again = evaluate_checkpoint(out / "model.safetensors")
     assert again["accuracy"] == res["test"]["accuracy"] and again["n"] == res["split_sizes"]["test"]
+
+
+def test_a_subject_split_shared_by_other_seeds_is_warned_about(data_root, tmp_path, caplog):
+    """JAFFE's subject split holds out KL, KM and YM for seed 1 as for several other seeds of 0-9:
+    the run's log says so, and which seeds (vitfer.data.seeds_sharing_test_subjects)."""
+    from vitfer.data import load_dataset, seeds_sharing_test_subjects
+
+    others = [s for s in seeds_sharing_test_subjects(load_dataset("jaffe", data_root), 1) if s != 1]
+    assert 2 in others
+    with caplog.at_level(logging.WARNING, logger="vitfer.engine.run"):
+        finetune(FinetuneConfig(model="vit_tiny_patch16_224", dataset="jaffe", data_dir=str(data_root), split="subject",
+                                seed=1, img_size=32, patch_size=8, model_overrides={"depth": 1, "embed_dim": 64,
+                                                                                    "num_heads": 2},
+                                epochs=1, batch_size=32, out_dir=str(tmp_path / "jaffe")))
+    warned = [r.getMessage() for r in caplog.records if "same test people" in r.getMessage()]
+    assert warned == [
+        f"jaffe's subject split holds out the same test people (KL, KM, YM) for seed 1 as for seeds "
+        f"{', '.join(map(str, others))} of 0-9, so runs over these seeds share one test set; --split subject-kfold "
+        "tests every person once"
+    ]
 
 
 class _PoisonInEpoch(Callback):

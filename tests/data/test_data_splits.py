@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from vitfer.data import SPLIT_KINDS, SplitError, iter_folds, make_split
+from vitfer.data import SPLIT_KINDS, SplitError, iter_folds, make_split, seeds_sharing_test_subjects
 from vitfer.data.splits import _quotas
 
 
@@ -134,3 +134,15 @@ def test_errors_are_clear() -> None:
     one_subject = SimpleNamespace(labels=[0, 1, 0, 1], subjects=["a"] * 4)
     with pytest.raises(SplitError, match="at least 2 subjects"):
         make_split(one_subject, "subject", test_size=0.5)
+
+
+@pytest.mark.parametrize("n_subjects, test_size", [(12, None), (5, 0.4), (30, 20)])
+def test_seeds_sharing_test_subjects_agree_with_make_split(n_subjects: int, test_size) -> None:
+    ds = _dataset(n_subjects=n_subjects)
+    tests = {s: make_split(ds, "subject", seed=s, test_size=test_size, val_size=0.2)["test"] for s in range(10)}
+    for seed in (0, 3, 12):
+        mine = make_split(ds, "subject", seed=seed, test_size=test_size)["test"]
+        expected = [s for s in range(10) if tests[s] == mine]
+        assert seeds_sharing_test_subjects(ds, seed, test_size=test_size) == expected
+        assert (seed in expected) == (seed < 10)
+    assert seeds_sharing_test_subjects(ds, 1, seeds=[4, 1], test_size=test_size)[-1] == 1

@@ -63,7 +63,9 @@ from .registry import DATASET_KINDS, find_dataset, load_dataset
 from .runs import check_split, image_digests, run_data, run_dataset, run_split, split_record
 from .sizes import DOMINANT_SIZE_SHARE, fit_image
 from .io import IMAGE_EXTENSIONS, DatasetError, ImageDecodeError, image_to_tensor, load_image
-from .splits import ALL_SPLIT_KINDS, OFFICIAL_PARTS, SPLIT_KINDS, SplitError, iter_folds, make_split
+from .splits import (
+    ALL_SPLIT_KINDS, OFFICIAL_PARTS, SPLIT_KINDS, SplitError, iter_folds, make_split, seeds_sharing_test_subjects,
+)
 from .synthetic import SYNTHETIC_CLASSES, SyntheticFaces
 from .transforms import (
     DEFAULT_AUGMENT,
@@ -135,6 +137,7 @@ __all__ = [
     "image_to_tensor",
     "make_split",
     "iter_folds",
+    "seeds_sharing_test_subjects",
     "Transform",
     "Compose",
     "ToChannels",

@@ -84,6 +84,8 @@ def finetune(
     for part in ("train", "test"):
         if not split[part]:
             raise ValueError(f"the {cfg.split} split of {cfg.dataset} ({len(data)} images) leaves no {part} images")
+    if cfg.split == "subject" and dist.is_main:
+        _warn_shared_test_people(data, split, cfg)
     model = build_model(cfg, data.num_classes).to(device)
     counts = apply_freeze(model, cfg.freeze)
     pcfg = model.pretrained_cfg
@@ -218,6 +220,21 @@ def run_or_reuse(cfg: FinetuneConfig, *, callbacks: Sequence[Callback] = (), oth
     if status == "resume":
         return finetune(cfg, resume=True, callbacks=callbacks)
     return finetune(replace(cfg, overwrite=True), callbacks=callbacks)
+
+
+def _warn_shared_test_people(data, split: dict[str, list[int]], cfg: FinetuneConfig) -> None:
+    """Log a warning when other seeds of 0-9 hold out the same test people as this run's seed (a
+    subject split of few people, as JAFFE's: see :func:`vitfer.data.seeds_sharing_test_subjects`)."""
+    from vitfer.data import seeds_sharing_test_subjects
+
+    others = [s for s in seeds_sharing_test_subjects(data, cfg.seed, test_size=cfg.test_size) if s != cfg.seed]
+    if others:
+        people = sorted({str(data.subjects[i]) for i in split["test"]})
+        _logger.warning(
+            "%s's subject split holds out the same test people (%s) for seed %d as for seed%s %s of 0-9, so runs "
+            "over these seeds share one test set; --split subject-kfold tests every person once",
+            cfg.dataset, ", ".join(people), cfg.seed, "s" if len(others) > 1 else "", ", ".join(map(str, others)),
+        )
 
 
 def _pretrain_stage(cfg: FinetuneConfig, data, split: dict[str, list[int]], out_dir: Path) -> FinetuneConfig:
