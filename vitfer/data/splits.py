@@ -99,6 +99,11 @@ def _count(size: int | float, n: int, what: str) -> int:
     return int(size)
 
 
+def _test_size(dataset: Any, test_size: int | float | None) -> int | float:
+    """A hold-out's test size: ``test_size``, or the dataset's default (0.2 without one)."""
+    return getattr(dataset, "default_test_size", 0.2) if test_size is None else test_size
+
+
 def _quotas(counts: Sequence[int], total: int) -> list[int]:
     """Split ``total`` over classes of ``counts`` proportionally, by largest remainder (exact sum)."""
     n = sum(counts)
@@ -319,8 +324,7 @@ def make_split(
     if kind == "official":
         return _official_split(dataset, labels, seed=seed, test_size=test_size, val_size=val_size)
     if kind in ("random", "subject"):
-        if test_size is None:
-            test_size = getattr(dataset, "default_test_size", 0.2)
+        test_size = _test_size(dataset, test_size)
         n_test = _count(test_size, n, "test_size")
         if n_test >= n:
             raise SplitError(f"test_size={test_size} leaves no training images ({n} in all)")
@@ -367,16 +371,10 @@ def seeds_sharing_test_subjects(
     :func:`make_split` (None: the dataset's default). More than one means that results over these
     seeds share one test set (see the module docstring)."""
     labels = [int(y) for y in dataset.labels]
-    if test_size is None:
-        test_size = getattr(dataset, "default_test_size", 0.2)
-    n_test = _count(test_size, len(labels), "test_size")
+    n_test = _count(_test_size(dataset, test_size), len(labels), "test_size")
     groups = _groups(dataset, range(len(labels)))
-
-    def held_out(s: int) -> frozenset[str]:
-        return frozenset(_choose_groups(groups, labels, n_test, s, "test-subjects"))
-
-    mine = held_out(seed)
-    return [s for s in seeds if held_out(s) == mine]
+    held = {s: frozenset(_choose_groups(groups, labels, n_test, s, "test-subjects")) for s in {seed, *seeds}}
+    return [s for s in seeds if held[s] == held[seed]]
 
 
 def iter_folds(
