@@ -34,6 +34,10 @@ from .runs import (
 __all__ = ["build_dataset", "finetune", "run_or_reuse"]
 
 _logger = logging.getLogger(__name__)
+#: The data (dataset, folder, labels, subject pattern), seed and test size of the subject splits
+#: warned about in this process: a ``--distill`` run's teacher trains on the run's own split and
+#: would repeat the warning.
+_SHARED_SPLITS_WARNED: set[tuple[Any, ...]] = set()
 
 
 def finetune(
@@ -224,9 +228,14 @@ def run_or_reuse(cfg: FinetuneConfig, *, callbacks: Sequence[Callback] = (), oth
 
 def _warn_shared_test_people(data, split: dict[str, list[int]], cfg: FinetuneConfig) -> None:
     """Log a warning when other seeds of 0-9 hold out the same test people as this run's seed (a
-    subject split of few people, as JAFFE's: see :func:`vitfer.data.seeds_sharing_test_subjects`)."""
+    subject split of few people, as JAFFE's: see :func:`vitfer.data.seeds_sharing_test_subjects`),
+    once a process for a given split."""
     from vitfer.data import seeds_sharing_test_subjects
 
+    key = (cfg.dataset, cfg.data_dir, cfg.labels, cfg.subject_pattern, cfg.seed, cfg.test_size)
+    if key in _SHARED_SPLITS_WARNED:
+        return
+    _SHARED_SPLITS_WARNED.add(key)
     others = [s for s in seeds_sharing_test_subjects(data, cfg.seed, test_size=cfg.test_size) if s != cfg.seed]
     if others:
         people = sorted({str(data.subjects[i]) for i in split["test"]})
